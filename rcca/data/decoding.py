@@ -1,0 +1,88 @@
+"""Reading the sampled frames of one video: decord, PyAV or a folder of JPEG frames.
+
+Every backend answers the same call, `read_frames(path, choose_indices)`: it finds the
+video's frame count, asks `choose_indices(num_frames)` which frames to read, and returns
+them as a uint8 tensor T x C x H x W (RGB), in the order asked (indices may repeat).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+BACKENDS = ("decord", "pyav", "frames")
+FRAME_TEMPLATE = "img_{:05d}.jpg"  # TSM's extracted-frame naming, 1-based
+
+IndexChooser = Callable[[int], list[int]]
+
+
+class DecodeError(RuntimeError):
+    """A video that cannot be read: empty, truncated, not a video, or without frames."""
+
+
+def read_frames_decord(path: Path, choose_indices: IndexChooser) -> Tensor:
+    """Seek and decode only the chosen frames with decord (one thread: parallelism comes from workers)."""
+    import decord
+
+    try:
+        reader = decord.VideoReader(str(path), num_threads=1)
+        num_frames = len(reader)
+        if num_frames == 0:
+            raise DecodeError(f"{path}: no frames")
+        frames = reader.get_batch(choose_indices(num_frames)).asnumpy()
+    except decord.DECORDError as error:
+        raise DecodeError(f"{path}: decord failed: {str(error).splitlines()[0]}") from None
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+
+
+def read_frames_pyav(path: Path, choose_indices: IndexChooser) -> Tensor:
+    """Decode the video sequentially with PyAV, keeping the chosen frames."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    except (av.error.FFmpegError, ValueError, IndexError) as error:
+        raise DecodeError(f"{path}: PyAV failed: {error}") from None
+    if not decoded:
+        raise DecodeError(f"{path}: no frames")
+    frames = np.stack([decoded[i] for i in choose_indices(len(decoded))])
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+
+
+def read_frames_folder(path: Path, choose_indices: IndexChooser) -> Tensor:
+    """Read chosen JPEG frames from a folder of img_00001.jpg, img_00002.jpg, ..."""
+    from torchvision.io import ImageReadMode, decode_jpeg, read_file
+
+    num_frames = len(list(path.glob("img_*.jpg"))) if path.is_dir() else 0
+    if num_frames == 0:
+        raise DecodeError(f"{path}: no img_*.jpg frames in this folder")
+    try:
+        images = [
+            decode_jpeg(read_file(str(path / FRAME_TEMPLATE.format(i + 1))), mode=ImageReadMode.RGB)
+            for i in choose_indices(num_frames)
+        ]
+    except RuntimeError as error:
+        raise DecodeError(f"{path}: {error}") from None
+    return torch.stack(images)
+
+
+def read_frames(path: Path, choose_indices: IndexChooser, backend: str = "decord") -> Tensor:
+    """Read the chosen frames with `backend`; decord falls back to PyAV on a file it cannot read.
+
+    Returns T x C x H x W uint8. Raises DecodeError when no backend can read the file.
+    """
+    if backend == "frames":
+        return read_frames_folder(path, choose_indices)
+    if backend == "decord":
+        try:
+            return read_frames_decord(path, choose_indices)
+        except (DecodeError, ImportError):
+            pass  # decord misreads some files PyAV handles (e.g. widths that are not a multiple of 16)
+    elif backend != "pyav":
+        raise ValueError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    return read_frames_pyav(path, choose_indices)
