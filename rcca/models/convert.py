@@ -123,16 +123,20 @@ def _inflate(src: Tensor, shape: torch.Size) -> Tensor:
     return (src / kt).unsqueeze(2).expand(shape).clone()
 
 
-def _read(path: Path) -> object:
-    """torch.load, safely (weights only) when the file allows it.
+def _read(path: Path, own: bool) -> object:
+    """torch.load onto the CPU; weights-only (safe) for released checkpoints when the file allows it.
 
-    Released checkpoints may pickle more than tensors (numpy scalars, argparse values); for
-    those the file is loaded in full, which runs its pickled code: load only files you trust.
+    This framework's own checkpoints (`own`) also pickle RNG states and are read in full.
+    Released checkpoints that pickle more than tensors (numpy scalars, argparse values) are
+    read in full after a warning; that runs their pickled code, so load only files you trust.
     """
+    if own:
+        return torch.load(path, map_location="cpu", weights_only=False)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
-        warnings.warn(f"init_from={path}: not a weights-only file ({error}); loading it in full", stacklevel=3)
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        warnings.warn(f"init_from={path}: not a weights-only file ({first_line}); loading it in full", stacklevel=3)
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -151,7 +155,7 @@ def load_pretrained(model: nn.Module, path: str | Path, kind: str) -> LoadReport
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"init_from={path}: checkpoint file not found")
-    checkpoint = _read(path)
+    checkpoint = _read(path, own=kind == "rcca")
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"init_from={path}: expected a dict checkpoint, got {type(checkpoint).__name__}")
     if kind == "tsm":

@@ -1,0 +1,159 @@
+"""From a dataset config to checked annotations, datasets and data loaders."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from rcca.config import DatasetConfig
+from rcca.data.annotations import Annotations, AnnotationError, VideoRecord, load_annotations
+from rcca.data.datasets import VideoDataset
+from rcca.data.samplers import EpochSampler
+from rcca.data.sampling import sample_test_clips, sample_train_clip
+from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
+from rcca.data.transforms import build_test_transform, build_train_transform
+from rcca.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClipSampling:
+    """How clips are cut from a video: `sampling` (segment|dense), frames per clip, dense step."""
+
+    sampling: str
+    num_frames: int
+    interval: int = 1
+
+    def train_indices(self, num_video_frames: int, rng: np.random.Generator) -> list[int]:
+        return sample_train_clip(num_video_frames, self.sampling, self.num_frames, self.interval, rng)
+
+    def test_indices(self, num_video_frames: int, rng: np.random.Generator, num_clips: int) -> list[int]:
+        clips = sample_test_clips(num_video_frames, num_clips, self.sampling, self.num_frames, self.interval)
+        return [i for clip in clips for i in clip]
+
+
+def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
+    """Parse (or, for the synthetic set, generate) the annotations and check the videos exist.
+
+    Returns the video root and the annotations. Raises UserError with one line for a
+    missing root, unreadable annotations, a class-count mismatch, or missing videos
+    (unless `dataset.allow_missing`, which drops them with a warning).
+    """
+    root = Path(cfg.root)
+    if cfg.name == "synthetic":
+        spec = SyntheticSpec(**{k: getattr(cfg.synthetic, k) for k in SyntheticSpec.__dataclass_fields__})
+        ensure_synthetic_dataset(root, spec, progress=progress)
+        kwargs = {"train_list": root / "train.txt", "test_list": root / "test.txt",
+                  "class_names": (root / "classes.txt").read_text().split()}
+        name = "video_list"
+    elif not root.is_dir():
+        raise UserError(f"dataset.root={root}: folder not found; set dataset.root to the folder holding the videos")
+    else:
+        name, kwargs = cfg.name, _annotation_arguments(cfg)
+    try:
+        annotations = load_annotations(name, **kwargs)
+    except AnnotationError as error:
+        raise UserError(str(error)) from None
+    if len(annotations.classes) != cfg.num_classes:
+        raise UserError(
+            f"dataset.num_classes={cfg.num_classes} but the annotations define {len(annotations.classes)} classes; "
+            "fix dataset.num_classes"
+        )
+    annotations.train = _drop_missing(root, annotations.train, cfg, "train")
+    annotations.test = _drop_missing(root, annotations.test, cfg, "test")
+    return root, annotations
+
+
+def _annotation_arguments(cfg: DatasetConfig) -> dict:
+    """The keyword arguments of the dataset's annotation loader, from the config."""
+    if cfg.name == "video_list":
+        if not cfg.train_list or not cfg.test_list:
+            raise UserError("dataset.train_list and dataset.test_list must both be set for dataset=video_list")
+        return {"train_list": Path(cfg.train_list), "test_list": Path(cfg.test_list), "num_classes": cfg.num_classes}
+    if not cfg.annotations:
+        raise UserError(f"dataset.annotations is not set: point it at the {cfg.name} split/annotation folder")
+    kwargs: dict = {"annotations_dir": Path(cfg.annotations)}
+    if cfg.name in ("ucf101", "hmdb51"):
+        kwargs["split"] = cfg.split
+    if cfg.name in ("kinetics400", "mini_kinetics200"):
+        kwargs["layout"] = cfg.layout
+    return kwargs
+
+
+def _drop_missing(root: Path, records: list[VideoRecord], cfg: DatasetConfig, split: str) -> list[VideoRecord]:
+    """Check every listed video exists; stop, or with allow_missing drop the missing ones."""
+    missing = [r.path for r in records if not (root / r.path).exists()]
+    if not missing:
+        return records
+    if not cfg.allow_missing:
+        raise UserError(
+            f"{len(missing)} of {len(records)} {split} videos are missing under dataset.root={root} "
+            f"(first: {', '.join(missing[:3])}); fix the root or set dataset.allow_missing=true"
+        )
+    log.warning("dropping %d missing %s videos (dataset.allow_missing=true), first: %s", len(missing), split, missing[:3])
+    absent = set(missing)
+    return [r for r in records if r.path not in absent]
+
+
+def build_datasets(
+    root: Path,
+    annotations: Annotations,
+    backend: str,
+    clip: ClipSampling,
+    crop_size: int,
+    scales: list[float],
+    flip: bool,
+    resize_short: int,
+    num_clips: int,
+    num_crops: int,
+    seed: int,
+) -> tuple[VideoDataset, VideoDataset]:
+    """The training dataset (one random clip, augmented) and the test dataset (all views)."""
+    train_transform = build_train_transform(crop_size, scales, flip)
+    train = VideoDataset(root, annotations.train, backend, clip.train_indices, train_transform, seed=seed)
+    test = VideoDataset(
+        root,
+        annotations.test,
+        backend,
+        partial(clip.test_indices, num_clips=num_clips),
+        build_test_transform(resize_short, crop_size, num_crops),
+        clips_per_video=num_clips,
+        replace_failed=False,
+        seed=seed,
+    )
+    return train, test
+
+
+def build_loader(
+    dataset: VideoDataset,
+    batch_size: int,
+    num_workers: int,
+    train: bool,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> DataLoader:
+    """A DataLoader over this process's share of the dataset (see `EpochSampler`).
+
+    Training shuffles per epoch and drops the last incomplete batch; testing keeps every
+    video (padding repeats, which evaluation counts once). Call
+    `loader.sampler.set_epoch(epoch, start)` before each epoch.
+    """
+    sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        drop_last=train,
+        generator=torch.Generator().manual_seed(seed),
+    )

@@ -1,0 +1,173 @@
+"""What `train.py` and `test.py` do once Hydra has composed the config: build, run, report."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import random
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.tensorboard import SummaryWriter
+
+from rcca.config import Config
+from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dataset
+from rcca.engine.checkpoints import load_checkpoint
+from rcca.engine.distributed import cleanup, init_distributed, is_main_process
+from rcca.engine.evaluation import predict_videos, video_metrics
+from rcca.engine.trainer import Trainer, write_metrics
+from rcca.errors import UserError
+from rcca.models.build import build_model
+
+log = logging.getLogger("rcca")
+
+
+@contextmanager
+def user_errors():
+    """Turn user errors (UserError, missing files, bad values) into one line on stderr and exit code 2."""
+    try:
+        yield
+    except (UserError, FileNotFoundError, ValueError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_required(cfg: DictConfig) -> None:
+    """Fail with the key's name when a mandatory value (???) was not given."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("trainer.device=cuda but no GPU is visible; use trainer.device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_datasets(cfg: Config, progress: bool):
+    """Annotations -> (train dataset, test dataset, class names) for a run config."""
+    root, annotations = load_dataset(cfg.dataset, progress=progress)
+    clip = ClipSampling(cfg.backbone.sampling, cfg.backbone.num_frames, cfg.backbone.frame_interval)
+    train_set, test_set = build_datasets(
+        root, annotations, cfg.dataset.backend, clip, cfg.data.crop_size, list(cfg.data.scales), cfg.dataset.flip,
+        cfg.test.resize_short, cfg.test.num_clips, cfg.test.num_crops, cfg.seed,
+    )
+    return train_set, test_set, annotations.classes
+
+
+def train(cfg: Config, run_dir: Path) -> dict:
+    """Train the configured model; returns the final validation metrics (also in metrics.json)."""
+    started = time.perf_counter()
+    check_required(cfg)
+    device = resolve_device(cfg.trainer.device)
+    rank, world_size, local_rank = init_distributed(device.type)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+    seed_everything(cfg.seed)
+    main = is_main_process()
+
+    train_set, test_set, classes = make_datasets(cfg, progress=main)
+    train_loader = build_loader(train_set, cfg.trainer.batch_size, cfg.trainer.num_workers, True, cfg.seed, rank, world_size)
+    test_loader = build_loader(test_set, cfg.test.batch_size, cfg.trainer.num_workers, False, cfg.seed, rank, world_size)
+    model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes).to(device)
+    log.info(
+        "%s + %s at %s: %.2fM parameters; %d train / %d test videos, %d classes",
+        cfg.backbone.name, cfg.module.name, list(cfg.module.positions), sum(p.numel() for p in model.parameters()) / 1e6,
+        len(train_set), len(test_set), len(classes),
+    )
+    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
+    config = OmegaConf.to_container(cfg, resolve=True)
+    trainer = Trainer(
+        wrapped, train_loader, test_loader, classes, cfg.trainer, cfg.optimizer, cfg.schedule, run_dir, config, device,
+        world_size, writer,
+    )
+    trainer.bare_model = model
+    if cfg.resume:
+        resume_path = run_dir / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
+        if resume_path.is_file():
+            trainer.load_state_dict(load_checkpoint(resume_path))
+            log.info("resumed from %s at epoch %d, update %d", resume_path, trainer.progress.epoch, trainer.progress.step)
+        elif cfg.resume != "auto":
+            raise UserError(f"resume={resume_path}: file not found")
+    metrics = trainer.fit()
+    if main:
+        metrics["best_top1"] = trainer.progress.best_top1
+        metrics["classes"] = classes
+        write_metrics(run_dir / "metrics.json", metrics)
+        writer.add_hparams(
+            {"backbone": cfg.backbone.name, "module": cfg.module.name, "positions": ",".join(cfg.module.positions),
+             "lr": cfg.optimizer.lr, "epochs": cfg.trainer.epochs},
+            {"hparam/top1": metrics["top1"], "hparam/top5": metrics["top5"]},
+            run_name=".",
+        )
+        writer.close()
+        minutes = (time.perf_counter() - started) / 60
+        print(
+            f"done: {cfg.trainer.epochs} epochs in {minutes:.1f} min; video top-1 {metrics['top1']:.2f}%, "
+            f"top-5 {metrics['top5']:.2f}% (best top-1 {trainer.progress.best_top1:.2f}%); outputs in {run_dir}"
+        )
+    cleanup()
+    return metrics
+
+
+def checkpoint_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
+    """The checkpoint's run config, with what the command line changed taken from `cfg`.
+
+    The model sections (`backbone`, `module`) always come from the checkpoint.
+    """
+    merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    for override in overrides:
+        key = override.split("=", 1)[0].lstrip("+~")
+        if key.split(".")[0] in ("backbone", "module", "hydra"):
+            continue
+        OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
+    return merged
+
+
+def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
+    """Evaluate `cfg.ckpt` on its dataset's test split; writes metrics.json and predictions.csv."""
+    if not cfg.ckpt:
+        raise UserError("ckpt is not set: python test.py ckpt=outputs/<date>/<time>/best.pt")
+    saved = load_checkpoint(cfg.ckpt)
+    run_cfg = checkpoint_config(cfg, saved["config"], overrides)
+    check_required(run_cfg)
+    device = resolve_device(run_cfg.trainer.device)
+    _, test_set, classes = make_datasets(run_cfg, progress=True)
+    model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
+    model.load_state_dict(saved["model"])
+    model.to(device)
+    loader = build_loader(test_set, run_cfg.test.batch_size, run_cfg.trainer.num_workers, False, run_cfg.seed)
+    loader.sampler.set_epoch(0)
+    scores, labels, indices, failed = predict_videos(model, loader, device, progress=sys.stderr.isatty())
+    metrics = video_metrics(scores, labels, classes)
+    metrics.update(checkpoint=str(cfg.ckpt), failed_videos=failed, num_clips=run_cfg.test.num_clips, num_crops=run_cfg.test.num_crops)
+    write_metrics(run_dir / "metrics.json", metrics)
+    with open(run_dir / "predictions.csv", "w", newline="") as handle:
+        out = csv.writer(handle)
+        out.writerow(["video", "label", "prediction", "score"])
+        for row, index in enumerate(indices):
+            best = int(scores[row].argmax())
+            out.writerow([test_set.records[index].path, classes[labels[row]], classes[best], f"{scores[row, best]:.4f}"])
+    print(
+        f"test: {metrics['num_videos']} videos ({run_cfg.test.num_clips} clips x {run_cfg.test.num_crops} crops): "
+        f"video top-1 {metrics['top1']:.2f}%, top-5 {metrics['top5']:.2f}%, mean class {metrics['mean_class_accuracy']:.2f}%"
+        + (f"; {len(failed)} undecodable videos excluded" if failed else "")
+        + f"; results in {run_dir}"
+    )
+    return metrics

@@ -1,0 +1,290 @@
+"""The training loop: SGD with gradient accumulation, per-epoch video-level validation, checkpoints.
+
+One optimizer update consumes `effective_batch_size` clips: `accumulation` micro-batches
+of `batch_size` clips on each of `world_size` processes. Each micro-batch loss is divided
+by `accumulation` and DDP averages over processes, so the accumulated gradient equals the
+gradient of the mean loss over the effective batch: one update on the effective batch
+with the configured LR. (The paper's "lr/8 with 8 accumulated batches" sums unscaled
+micro-batch losses instead; with lr/8 that is the same update.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
+from rcca.engine.checkpoints import rng_state, save_checkpoint, set_rng_state
+from rcca.engine.distributed import is_main_process, reduce_mean
+from rcca.engine.evaluation import predict_videos, topk_correct, video_metrics
+from rcca.engine.optim import build_optimizer, build_scheduler
+from rcca.errors import UserError
+from rcca.models.attention import RCCA3D
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class Progress:
+    """Where training stands: epochs done, micro-batches done in the current epoch, updates, best top-1."""
+
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+
+
+class Trainer:
+    """Fits `model` on `train_loader`, validating on `test_loader` at video level.
+
+    Writes into `run_dir`: last.pt, best.pt, metrics.json and TensorBoard event files
+    (rank 0 only). `config` is the resolved run config, stored in every checkpoint.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        train_loader: DataLoader,
+        test_loader: DataLoader,
+        class_names: list[str],
+        trainer_cfg: TrainerConfig,
+        optimizer_cfg: OptimizerConfig,
+        schedule_cfg: ScheduleConfig,
+        run_dir: Path,
+        config: dict,
+        device: torch.device,
+        world_size: int = 1,
+        writer=None,
+    ) -> None:
+        self.cfg = trainer_cfg
+        self.optimizer_cfg = optimizer_cfg
+        self.device = device
+        self.world_size = world_size
+        self.run_dir = run_dir
+        self.config = config
+        self.class_names = class_names
+        self.train_loader = train_loader
+        self.test_loader = test_loader
+        self.writer = writer
+        self.accumulation = accumulation_steps(trainer_cfg.effective_batch_size, trainer_cfg.batch_size, world_size)
+        self.updates_per_epoch = len(train_loader) // self.accumulation
+        if self.updates_per_epoch == 0:
+            raise UserError(
+                f"trainer.effective_batch_size={trainer_cfg.effective_batch_size} is larger than the training set "
+                f"({len(train_loader.dataset)} videos): lower it"
+            )
+        self.bare_model = model  # without the DDP wrapper: names, checkpoints, gammas
+        self.model = model
+        self.optimizer = build_optimizer(model, optimizer_cfg, model.classifier_name)
+        self.scheduler = build_scheduler(self.optimizer, schedule_cfg, self.updates_per_epoch)
+        self.progress = Progress()
+        self.stop_requested = False
+
+    # ----------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {
+            "model": self.bare_model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "epoch": self.progress.epoch,
+            "batches_in_epoch": self.progress.batches_in_epoch,
+            "step": self.progress.step,
+            "best_top1": self.progress.best_top1,
+            "rng": rng_state(),
+            "config": self.config,
+            "classes": self.class_names,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore everything needed to continue exactly where `state` was saved."""
+        self.bare_model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.progress = Progress(state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"])
+        set_rng_state(state["rng"])
+
+    def save(self, name: str) -> None:
+        if is_main_process():
+            save_checkpoint(self.state_dict(), self.run_dir / name)
+
+    # ----------------------------------------------------------------- training
+    def fit(self) -> dict:
+        """Train to `trainer.epochs`, validating every `eval_every` epochs. Returns the final metrics."""
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        metrics: dict = {}
+        try:
+            while self.progress.epoch < self.cfg.epochs:
+                self._train_epoch()
+                if self.stop_requested:
+                    self.save("last.pt")
+                    log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")
+                    sys.exit(143)
+                epoch = self.progress.epoch
+                if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
+                    metrics = self.validate()
+                    improved = metrics["top1"] > self.progress.best_top1
+                    self.progress.best_top1 = max(self.progress.best_top1, metrics["top1"])
+                    if improved:
+                        self.save("best.pt")
+                self.save("last.pt")
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        return metrics
+
+    def _request_stop(self, signum: int, frame) -> None:
+        log.warning("received signal %d: saving last.pt after the current step", signum)
+        self.stop_requested = True
+
+    def _train_epoch(self) -> None:
+        self.model.train()
+        epoch = self.progress.epoch
+        batch_size = self.cfg.batch_size
+        self.train_loader.sampler.set_epoch(epoch, start=self.progress.batches_in_epoch * batch_size)
+        total_batches = self.updates_per_epoch * self.accumulation
+        bar = tqdm(
+            total=total_batches,
+            initial=self.progress.batches_in_epoch,
+            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
+            unit="batch",
+            disable=not (self.cfg.progress and sys.stderr.isatty() and is_main_process()),
+        )
+        window = {"loss": 0.0, "correct": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
+        tick = time.perf_counter()
+        for batch in self.train_loader:
+            if self.progress.batches_in_epoch >= total_batches:
+                break  # the last incomplete accumulation group of the epoch is not used
+            window["wait"] += time.perf_counter() - tick
+            loss, correct = self._micro_step(batch)
+            window["loss"] += loss * len(batch["label"])
+            window["correct"] += correct
+            window["clips"] += len(batch["label"])
+            for path in batch["failed"]:
+                if path:
+                    log.warning("replaced undecodable training video %s", path)
+            self.progress.batches_in_epoch += 1
+            bar.update(1)
+            if self.progress.batches_in_epoch % self.accumulation == 0:
+                self._update()
+                if self.progress.step % self.cfg.log_every == 0:
+                    self._log_window(window, bar)
+                    window = {"loss": 0.0, "correct": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
+                if self.stop_requested:
+                    bar.close()
+                    return
+            tick = time.perf_counter()
+        bar.close()
+        self.progress.epoch += 1
+        self.progress.batches_in_epoch = 0
+
+    def _micro_step(self, batch: dict) -> tuple[float, int]:
+        """Forward and backward one micro-batch; DDP syncs gradients only on the last of a group."""
+        clips = batch["clip"].to(self.device, non_blocking=True)
+        labels = batch["label"].to(self.device, non_blocking=True)
+        last_of_group = (self.progress.batches_in_epoch + 1) % self.accumulation == 0
+        sync = contextlib.nullcontext() if last_of_group or not hasattr(self.model, "no_sync") else self.model.no_sync()
+        with sync:
+            logits = self.model(clips)
+            loss = nn.functional.cross_entropy(logits, labels)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss is {loss.item()} at update {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                    f"last good checkpoint: {self.run_dir / 'last.pt'}; lower optimizer.lr or set optimizer.clip_grad_norm"
+                )
+            (loss / self.accumulation).backward()
+        return loss.item(), int(topk_correct(logits.detach(), labels, 1).sum().item())
+
+    def _update(self) -> None:
+        if self.optimizer_cfg.clip_grad_norm:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.optimizer_cfg.clip_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.progress.step += 1
+
+    def _log_window(self, window: dict, bar: tqdm) -> None:
+        elapsed = time.perf_counter() - window["start"]
+        clips = max(1, window["clips"])
+        values = {
+            "train/loss": reduce_mean(window["loss"] / clips, self.device),
+            "train/top1": reduce_mean(100.0 * window["correct"] / clips, self.device),
+            "train/lr": self.optimizer.param_groups[0]["lr"],
+            "train/clips_per_s": window["clips"] * self.world_size / max(elapsed, 1e-9),
+            "train/data_wait_fraction": window["wait"] / max(elapsed, 1e-9),
+        }
+        for name, module in self.bare_model.named_modules():
+            if isinstance(module, RCCA3D):
+                values[f"gamma/{name}"] = module.gamma.item()
+        if self.device.type == "cuda":
+            values["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        if not is_main_process():
+            return
+        if self.writer is not None:
+            for key, value in values.items():
+                self.writer.add_scalar(key, value, self.progress.step)
+        summary = f"loss {values['train/loss']:.3f} top1 {values['train/top1']:.1f} lr {values['train/lr']:.4g}"
+        if bar.disable:
+            log.info("epoch %d step %d: %s, %.1f clips/s", self.progress.epoch + 1, self.progress.step, summary, values["train/clips_per_s"])
+        else:
+            bar.set_postfix_str(summary)
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> dict:
+        """Video-level metrics on the test loader; logged to TensorBoard and the log."""
+        self.test_loader.sampler.set_epoch(0)
+        scores, labels, _, failed = predict_videos(
+            self.model, self.test_loader, self.device, progress=self.cfg.progress and sys.stderr.isatty() and is_main_process()
+        )
+        metrics = video_metrics(scores, labels, self.class_names)
+        metrics["failed_videos"] = failed
+        if is_main_process():
+            log.info(
+                "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%d videos%s)",
+                self.progress.epoch, metrics["top1"], metrics["top5"], metrics["mean_class_accuracy"], metrics["num_videos"],
+                f", {len(failed)} undecodable" if failed else "",
+            )
+            if self.writer is not None:
+                for key in ("top1", "top5", "mean_class_accuracy"):
+                    self.writer.add_scalar(f"val/{key}", metrics[key], self.progress.step)
+        return metrics
+
+
+def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: int) -> int:
+    """Micro-batches per update; the effective batch must be an exact multiple of batch x processes."""
+    per_round = batch_size * world_size
+    if effective_batch_size % per_round != 0:
+        raise UserError(
+            f"trainer.effective_batch_size={effective_batch_size} is not a multiple of trainer.batch_size x processes "
+            f"= {batch_size} x {world_size}: choose sizes that divide exactly"
+        )
+    return effective_batch_size // per_round
+
+
+def write_metrics(path: Path, metrics: dict) -> None:
+    """metrics.json, with non-finite numbers written as null."""
+    def clean(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [clean(v) for v in value]
+        return value
+
+    path.write_text(json.dumps(clean(metrics), indent=2))

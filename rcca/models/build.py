@@ -1,0 +1,64 @@
+"""From backbone and module configs to a network with its context modules in place."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+
+from torch import nn
+
+from rcca.config import BackboneConfig, ModuleConfig
+from rcca.models.attention import RCCA3D
+from rcca.models.insertion import insert_context_modules
+from rcca.models.mfnet import MFNet3D, unit_out_channels
+from rcca.models.nonlocal_block import NonLocal3D
+from rcca.models.tsm import TSMResNet, block_out_channels, load_imagenet_weights
+
+log = logging.getLogger(__name__)
+
+BACKBONES = ("tsm", "mfnet")
+MODULES = ("none", "nl", "rcca")
+
+
+def build_backbone(cfg: BackboneConfig, num_classes: int) -> nn.Module:
+    """The bare backbone: TSM ResNet or MF-Net. Input N x 3 x T x H x W, output N x num_classes."""
+    if cfg.name == "tsm":
+        return TSMResNet(cfg.depth, num_classes, cfg.num_frames, cfg.shift_div, cfg.dropout, cfg.width)
+    if cfg.name == "mfnet":
+        return MFNet3D(num_classes=num_classes, num_frames=cfg.num_frames, dropout=cfg.dropout)
+    raise ValueError(f"backbone.name={cfg.name!r}: choose one of {', '.join(BACKBONES)}")
+
+
+def context_factory(cfg: ModuleConfig) -> partial[nn.Module] | None:
+    """A constructor taking the channel count C, for the configured module (None for `none`)."""
+    if cfg.name == "rcca":
+        return partial(
+            RCCA3D,
+            structure=cfg.structure,
+            recurrence=cfg.recurrence,
+            inner_fraction=cfg.inner_fraction,
+            gamma_init=cfg.gamma_init,
+            value_fraction=cfg.value_fraction,
+        )
+    if cfg.name == "nl":
+        return partial(NonLocal3D, subsample=cfg.subsample)
+    if cfg.name == "none":
+        return None
+    raise ValueError(f"module.name={cfg.name!r}: choose one of {', '.join(MODULES)}")
+
+
+def build_model(backbone: BackboneConfig, module: ModuleConfig, num_classes: int) -> nn.Module:
+    """Backbone (with ImageNet weights if `backbone.pretrained`) plus context modules at `module.positions`."""
+    model = build_backbone(backbone, num_classes)
+    if backbone.pretrained:
+        if not isinstance(model, TSMResNet):
+            raise ValueError("backbone.pretrained: ImageNet weights apply to TSM backbones only; use init_from for MF-Net")
+        new = load_imagenet_weights(model, backbone.pretrained)
+        log.info("loaded ImageNet weights from %s (%d tensors left at their initial values)", backbone.pretrained, len(new))
+    factory = context_factory(module)
+    if factory is not None and module.positions:
+        out_channels = block_out_channels if isinstance(model, TSMResNet) else unit_out_channels
+        insert_context_modules(model.residual_blocks(), list(module.positions), factory, out_channels)
+    elif factory is not None:
+        raise ValueError(f"module.positions is empty for module.name={module.name}; list blocks such as [conv3_3]")
+    return model

@@ -1,0 +1,26 @@
+"""Train a video action-recognition model: `python train.py [hydra overrides]`.
+
+With no arguments this runs the CPU quick-start (experiment=quickstart). See README.md.
+"""
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from rcca.config import register_configs
+from rcca.engine.launch import train, user_errors
+
+register_configs()
+
+
+@hydra.main(version_base=None, config_path="configs", config_name="config")
+def main(cfg: DictConfig) -> float:
+    with user_errors():
+        metrics = train(cfg, Path(HydraConfig.get().runtime.output_dir))
+    return metrics.get("top1", 0.0)
+
+
+if __name__ == "__main__":
+    main()
