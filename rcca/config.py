@@ -91,7 +91,12 @@ class TrainerConfig:
     device: str = "auto"  # auto (CUDA if available), cpu or cuda
     eval_every: int = 1  # validate every N epochs (the last epoch always)
     log_every: int = 10  # optimizer updates between log lines / TensorBoard points
-    progress: bool = True  # progress bar when the output is a terminal
+    checkpoint_every: int = 0  # also write last.pt every N optimizer updates (0: at epoch ends only)
+    progress: bool = True  # progress bar when the output is a terminal (plain log lines otherwise)
+    amp: str = "off"  # mixed precision on GPUs: off, bf16 or fp16 (fp16 uses a gradient scaler)
+    channels_last: bool = False  # channels-last memory format on GPUs
+    compile: bool = False  # torch.compile the model
+    sync_bn: bool = False  # synchronise BatchNorm statistics across processes (the paper keeps them per GPU)
 
 
 @dataclass
@@ -122,6 +127,7 @@ class Config:
     seed: int = 0  # seed of model init, sampling and augmentation
     resume: Optional[str] = None  # auto (this run folder's last.pt) or a checkpoint path
     init_from: Optional[str] = None  # checkpoint whose weights start a new run (fine-tuning)
+    init_from_format: str = "rcca"  # init_from file format: rcca (this framework), tsm or mfnet (official releases)
     ckpt: Optional[str] = None  # test.py: checkpoint to evaluate
 
 

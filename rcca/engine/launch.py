@@ -23,6 +23,7 @@ from rcca.engine.evaluation import predict_videos, video_metrics
 from rcca.engine.trainer import Trainer, write_metrics
 from rcca.errors import UserError
 from rcca.models.build import build_model
+from rcca.models.convert import load_pretrained
 
 log = logging.getLogger("rcca")
 
@@ -70,6 +71,15 @@ def make_datasets(cfg: Config, progress: bool):
     return train_set, test_set, annotations.classes
 
 
+def to_channels_last(model: torch.nn.Module) -> None:
+    """Channels-last weights: 2D convs (TSM frames) as NHWC, 3D convs (MF-Net, context modules) as NDHWC."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+        elif isinstance(module, torch.nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
+
+
 def train(cfg: Config, run_dir: Path) -> dict:
     """Train the configured model; returns the final validation metrics (also in metrics.json)."""
     started = time.perf_counter()
@@ -84,20 +94,29 @@ def train(cfg: Config, run_dir: Path) -> dict:
     train_set, test_set, classes = make_datasets(cfg, progress=main)
     train_loader = build_loader(train_set, cfg.trainer.batch_size, cfg.trainer.num_workers, True, cfg.seed, rank, world_size)
     test_loader = build_loader(test_set, cfg.test.batch_size, cfg.trainer.num_workers, False, cfg.seed, rank, world_size)
-    model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes).to(device)
+    model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
+    if cfg.init_from:
+        report = load_pretrained(model, cfg.init_from, cfg.init_from_format)
+        log.info("init_from=%s: %s", cfg.init_from, report.summary())
+    if cfg.trainer.sync_bn and world_size > 1:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device)
+    if cfg.trainer.channels_last and device.type == "cuda":
+        to_channels_last(model)
     log.info(
         "%s + %s at %s: %.2fM parameters; %d train / %d test videos, %d classes",
         cfg.backbone.name, cfg.module.name, list(cfg.module.positions), sum(p.numel() for p in model.parameters()) / 1e6,
         len(train_set), len(test_set), len(classes),
     )
-    wrapped = torch.nn.parallel.DistributedDataParallel(model) if world_size > 1 else model
+    runner = torch.compile(model) if cfg.trainer.compile else model
+    if world_size > 1:
+        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[local_rank] if device.type == "cuda" else None)
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = Trainer(
-        wrapped, train_loader, test_loader, classes, cfg.trainer, cfg.optimizer, cfg.schedule, run_dir, config, device,
-        world_size, writer,
+        model, train_loader, test_loader, classes, cfg.trainer, cfg.optimizer, cfg.schedule, run_dir, config, device,
+        world_size, writer, runner,
     )
-    trainer.bare_model = model
     if cfg.resume:
         resume_path = run_dir / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
         if resume_path.is_file():

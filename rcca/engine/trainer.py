@@ -35,6 +35,8 @@ from rcca.models.attention import RCCA3D
 
 log = logging.getLogger(__name__)
 
+AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
@@ -71,7 +73,9 @@ class Trainer:
         device: torch.device,
         world_size: int = 1,
         writer=None,
+        runner: nn.Module | None = None,
     ) -> None:
+        """`runner` is what runs the forward pass when it differs from `model` (DDP, torch.compile)."""
         self.cfg = trainer_cfg
         self.optimizer_cfg = optimizer_cfg
         self.device = device
@@ -89,10 +93,14 @@ class Trainer:
                 f"trainer.effective_batch_size={trainer_cfg.effective_batch_size} is larger than the training set "
                 f"({len(train_loader.dataset)} videos): lower it"
             )
-        self.bare_model = model  # without the DDP wrapper: names, checkpoints, gammas
-        self.model = model
+        self.bare_model = model  # without wrappers: parameter names, checkpoints, gammas
+        self.model = runner if runner is not None else model
         self.optimizer = build_optimizer(model, optimizer_cfg, model.classifier_name)
         self.scheduler = build_scheduler(self.optimizer, schedule_cfg, self.updates_per_epoch)
+        if trainer_cfg.amp not in AMP_DTYPES:
+            raise UserError(f"trainer.amp={trainer_cfg.amp!r}: choose one of {', '.join(AMP_DTYPES)}")
+        self.autocast_dtype = AMP_DTYPES[trainer_cfg.amp] if device.type == "cuda" else None
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.progress = Progress()
         self.stop_requested = False
 
@@ -102,6 +110,7 @@ class Trainer:
             "model": self.bare_model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "epoch": self.progress.epoch,
             "batches_in_epoch": self.progress.batches_in_epoch,
             "step": self.progress.step,
@@ -116,6 +125,7 @@ class Trainer:
         self.bare_model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"])
         set_rng_state(state["rng"])
 
@@ -182,6 +192,8 @@ class Trainer:
             bar.update(1)
             if self.progress.batches_in_epoch % self.accumulation == 0:
                 self._update()
+                if self.cfg.checkpoint_every and self.progress.step % self.cfg.checkpoint_every == 0:
+                    self.save("last.pt")
                 if self.progress.step % self.cfg.log_every == 0:
                     self._log_window(window, bar)
                     window = {"loss": 0.0, "correct": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
@@ -200,20 +212,23 @@ class Trainer:
         last_of_group = (self.progress.batches_in_epoch + 1) % self.accumulation == 0
         sync = contextlib.nullcontext() if last_of_group or not hasattr(self.model, "no_sync") else self.model.no_sync()
         with sync:
-            logits = self.model(clips)
-            loss = nn.functional.cross_entropy(logits, labels)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
+                logits = self.model(clips)
+                loss = nn.functional.cross_entropy(logits.float(), labels)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss.item()} at update {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
                     f"last good checkpoint: {self.run_dir / 'last.pt'}; lower optimizer.lr or set optimizer.clip_grad_norm"
                 )
-            (loss / self.accumulation).backward()
+            self.scaler.scale(loss / self.accumulation).backward()
         return loss.item(), int(topk_correct(logits.detach(), labels, 1).sum().item())
 
     def _update(self) -> None:
         if self.optimizer_cfg.clip_grad_norm:
+            self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.optimizer_cfg.clip_grad_norm)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         self.progress.step += 1
@@ -249,7 +264,8 @@ class Trainer:
         """Video-level metrics on the test loader; logged to TensorBoard and the log."""
         self.test_loader.sampler.set_epoch(0)
         scores, labels, _, failed = predict_videos(
-            self.model, self.test_loader, self.device, progress=self.cfg.progress and sys.stderr.isatty() and is_main_process()
+            self.model, self.test_loader, self.device,
+            progress=self.cfg.progress and sys.stderr.isatty() and is_main_process(), autocast_dtype=self.autocast_dtype,
         )
         metrics = video_metrics(scores, labels, self.class_names)
         metrics["failed_videos"] = failed

@@ -1,0 +1,131 @@
+"""Check a dataset without training: `python scripts/inspect_dataset.py [--decode] [hydra overrides]`.
+
+The overrides are those of train.py, e.g. `experiment=null dataset=ucf101 dataset.root=...
+dataset.annotations=...` (the default is the synthetic set, generated if needed). The script
+parses the annotations with the checks train.py makes and reports the class count, the
+train/test video counts and the listed videos that are missing; with `--decode` it also reads
+every present video (its first and last frame, with the configured `dataset.backend`) and
+reports those that fail. The last line printed is one JSON object:
+{"dataset", "root", "num_classes", "train", "test", "missing"} plus "undecodable" with --decode.
+A user error (missing root, bad annotations, bad override) prints one line `error: ...` on
+stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a plain script from anywhere: make `rcca` importable
+
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from rcca.config import register_configs  # noqa: E402
+from rcca.data.annotations import Annotations, load_annotations  # noqa: E402
+from rcca.data.build import _annotation_arguments, load_dataset  # noqa: E402
+from rcca.data.decoding import BACKENDS, DecodeError, read_frames  # noqa: E402
+from rcca.engine.launch import check_required, user_errors  # noqa: E402
+from rcca.errors import UserError  # noqa: E402
+
+SHOWN = 5  # paths listed for each kind of problem
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config train.py would run with these Hydra overrides."""
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(str(error)) from None
+
+
+def list_videos(cfg: DictConfig) -> tuple[Path, Annotations]:
+    """The video root and the complete annotations, missing videos included.
+
+    `load_dataset` makes train.py's checks (root, annotation files, class count) and
+    generates the synthetic set; it is told to drop missing videos instead of stopping, and
+    the lists are then parsed again in full so that the missing ones can be reported. The
+    synthetic set is generated complete, so its checked lists are already the full ones.
+    """
+    cfg.dataset.allow_missing = True
+    root, annotations = load_dataset(cfg.dataset)
+    if cfg.dataset.name == "synthetic":
+        return root, annotations
+    return root, load_annotations(cfg.dataset.name, **_annotation_arguments(cfg.dataset))
+
+
+def find_undecodable(root: Path, paths: list[str], backend: str) -> dict[str, str]:
+    """Try to read the first and last frame of each video; returns {path: reason} for failures."""
+    failures = {}
+    for path in tqdm(paths, desc="decoding", unit="video"):
+        try:
+            read_frames(root / path, lambda n: [0, n - 1], backend)
+        except Exception as error:  # a diagnosis: whatever stops a read is reported, not raised
+            reason = str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
+            failures[path] = (reason.splitlines() or [type(error).__name__])[0]
+    return failures
+
+
+def show(title: str, lines: list[str]) -> None:
+    """Print a count line and the first few of `lines`, indented."""
+    print(f"{title}: {len(lines)}")
+    for line in lines[:SHOWN]:
+        print(f"  {line}")
+    if len(lines) > SHOWN:
+        print(f"  ... and {len(lines) - SHOWN} more")
+
+
+def report(overrides: list[str], decode: bool) -> dict:
+    """Print the report of the configured dataset; returns its summary (the final JSON line)."""
+    cfg = compose_config(overrides)
+    check_required(cfg)
+    backend = cfg.dataset.backend
+    if decode and backend not in BACKENDS:
+        raise UserError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    root, annotations = list_videos(cfg)
+    splits = {"train": annotations.train, "test": annotations.test}
+    missing = {split: [r.path for r in records if not (root / r.path).exists()] for split, records in splits.items()}
+    print(f"dataset: {cfg.dataset.name} (root {root})")
+    print(f"classes: {len(annotations.classes)}")
+    print(f"videos: {len(annotations.train)} train, {len(annotations.test)} test")
+    show(f"missing (train {len(missing['train'])}, test {len(missing['test'])})", missing["train"] + missing["test"])
+    summary = {
+        "dataset": cfg.dataset.name,
+        "root": str(root),
+        "num_classes": len(annotations.classes),
+        "train": len(annotations.train),
+        "test": len(annotations.test),
+        "missing": len(missing["train"]) + len(missing["test"]),
+    }
+    if decode:
+        absent = set(missing["train"] + missing["test"])
+        present = list(dict.fromkeys(r.path for records in splits.values() for r in records if r.path not in absent))
+        failures = find_undecodable(root, present, backend)
+        show(f"undecodable with {backend} (of {len(present)} read)", [f"{p}: {why}" for p, why in failures.items()])
+        summary["undecodable"] = len(failures)
+    return summary
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decode", action="store_true", help="also read every present video and report failures")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")
+    args = parser.parse_intermixed_args()
+    logging.getLogger("rcca.data.build").setLevel(logging.ERROR)  # its "dropping missing" warning repeats the report
+    with user_errors():
+        summary = report(args.overrides, args.decode)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+"""Shared test helpers: running the entry points on a tiny synthetic set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = [
+    "dataset.synthetic.num_train=32",
+    "dataset.synthetic.num_test=16",
+    "dataset.synthetic.frames=12",
+    "trainer.batch_size=4",
+    "trainer.effective_batch_size=8",
+    "trainer.num_workers=0",
+    "test.batch_size=4",
+]
+
+
+def run_entry(script: str, *overrides: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    """Run train.py / test.py / a script in a subprocess from the repository root."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    result = subprocess.run(
+        [sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+    )
+    if check and result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+@pytest.fixture(scope="session")
+def synthetic_cache(tmp_path_factory) -> Path:
+    """One cache folder for the tiny synthetic set, shared by the tests of a session."""
+    return tmp_path_factory.mktemp("cache")

@@ -1,0 +1,138 @@
+"""The entry points as a user runs them: outputs, test.py, errors, resume, signals, fine-tuning."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from conftest import REPO, TINY, run_entry
+
+
+def tiny_run(tmp_path: Path, cache: Path, name: str, *extra: str, check: bool = True):
+    run_dir = tmp_path / name
+    result = run_entry("train.py", *TINY, f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra, check=check)
+    return run_dir, result
+
+
+def test_train_writes_outputs_and_test_reads_them(tmp_path, synthetic_cache):
+    run_dir, result = tiny_run(tmp_path, synthetic_cache, "run", "trainer.epochs=2")
+    assert "done: 2 epochs" in result.stdout and "video top-1" in result.stdout
+    for name in ("last.pt", "best.pt", "metrics.json", "train.log", ".hydra/config.yaml"):
+        assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_videos"] == 16 and 0 <= metrics["top1"] <= 100
+    assert len(metrics["confusion_matrix"]) == 8
+    checkpoint = torch.load(run_dir / "last.pt", weights_only=False)
+    assert checkpoint["epoch"] == 2 and checkpoint["config"]["module"]["name"] == "rcca"
+    assert any(".context.gamma" in key for key in checkpoint["model"])
+
+    # test.py needs only the checkpoint: the model config comes from it.
+    test_dir = tmp_path / "test"
+    result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "test.num_crops=3")
+    assert "1 clips x 3 crops" in result.stdout
+    tested = json.loads((test_dir / "metrics.json").read_text())
+    assert tested["num_videos"] == 16 and tested["num_crops"] == 3
+    rows = (test_dir / "predictions.csv").read_text().splitlines()
+    assert rows[0] == "video,label,prediction,score" and len(rows) == 17
+
+
+def test_user_errors_are_one_line(tmp_path):
+    result = run_entry("train.py", "experiment=none", "dataset=ucf101", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("error: dataset.")
+    assert "Traceback" not in result.stderr
+    result = run_entry(
+        "train.py", "experiment=none", "dataset=ucf101", "dataset.root=/no/such/folder", "dataset.annotations=/x",
+        f"hydra.run.dir={tmp_path}", check=False,
+    )
+    assert result.returncode == 2 and "dataset.root=/no/such/folder" in result.stderr
+    result = run_entry("train.py", "module=foo", check=False)
+    assert result.returncode != 0 and "Available options in 'module'" in result.stderr
+    result = run_entry("train.py", "module.recurence=2", check=False)
+    assert result.returncode != 0 and "recurence" in result.stderr
+    result = run_entry("train.py", "module.positions=[conv9_1]", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 2 and "valid: conv2_1" in result.stderr
+
+
+def _wait_for(condition, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise AssertionError("timed out waiting")
+        time.sleep(0.05)
+
+
+def _start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    args = [sys.executable, str(REPO / "train.py"), *TINY, f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra]
+    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _step(path: Path) -> int:
+    try:
+        return torch.load(path, weights_only=False)["step"]
+    except Exception:  # not written yet
+        return -1
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synthetic_cache):
+    # 32 videos / batch 8 = 4 updates per epoch; checkpoints after every update.
+    common = ("trainer.epochs=2", "trainer.checkpoint_every=1", "backbone.dropout=0.5")
+    full_dir, _ = tiny_run(tmp_path, synthetic_cache, "full", *common)
+
+    killed_dir = tmp_path / "killed"
+    process = _start(killed_dir, synthetic_cache, *common)
+    _wait_for(lambda: _step(killed_dir / "last.pt") >= 2, timeout=120)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    interrupted = torch.load(killed_dir / "last.pt", weights_only=False)
+    assert interrupted["step"] < 8 and interrupted["batches_in_epoch"] % 2 == 0
+
+    tiny_run(tmp_path, synthetic_cache, "killed", *common, "resume=auto")
+    expected = torch.load(full_dir / "last.pt", weights_only=False)
+    resumed = torch.load(killed_dir / "last.pt", weights_only=False)
+    assert resumed["step"] == expected["step"] == 8
+    for key, value in expected["model"].items():
+        assert torch.equal(resumed["model"][key], value), key
+
+
+def test_sigterm_saves_last_checkpoint(tmp_path, synthetic_cache):
+    run_dir = tmp_path / "term"
+    process = _start(run_dir, synthetic_cache, "trainer.epochs=50", "trainer.checkpoint_every=1")
+    _wait_for(lambda: _step(run_dir / "last.pt") >= 1, timeout=120)
+    os.remove(run_dir / "last.pt")
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-2000:]
+    saved = torch.load(run_dir / "last.pt", weights_only=False)
+    assert saved["step"] >= 1 and saved["epoch"] < 50
+
+
+def test_init_from_with_other_class_count_reinitialises_classifier(tmp_path, synthetic_cache):
+    source_dir, _ = tiny_run(tmp_path, synthetic_cache, "source", "trainer.epochs=1")
+    # The same videos relabelled into 2 classes (a video_list dataset), fine-tuned from the 8-class run.
+    root = synthetic_cache / "synthetic"
+    lists = {}
+    for split in ("train", "test"):
+        lines = [line.split() for line in (root / f"{split}.txt").read_text().splitlines()]
+        lists[split] = tmp_path / f"{split}2.txt"
+        lists[split].write_text("".join(f"{path} {int(label) // 4}\n" for path, label in lines))
+    run_dir, _ = tiny_run(
+        tmp_path, synthetic_cache, "finetune", "trainer.epochs=1", "dataset=video_list", f"dataset.root={root}",
+        f"dataset.train_list={lists['train']}", f"dataset.test_list={lists['test']}", "dataset.num_classes=2",
+        f"init_from={source_dir / 'last.pt'}",
+    )
+    log = (run_dir / "train.log").read_text()
+    assert "skipped 2" in log and "fc.weight" in log and "fc.bias" in log
+    source = torch.load(source_dir / "last.pt", weights_only=False)["model"]
+    tuned = torch.load(run_dir / "last.pt", weights_only=False)["model"]
+    assert tuned["fc.weight"].shape == (2, source["fc.weight"].shape[1])
+    assert tuned["layer1.0.conv1.weight"].shape == source["layer1.0.conv1.weight"].shape

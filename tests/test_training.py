@@ -1,0 +1,176 @@
+"""Training behaviour: accumulation equivalence (1 and 2 processes), NaN stop, aggregation, schedule."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
+from rcca.data.samplers import EpochSampler
+from rcca.engine.evaluation import _first_occurrence, predict_videos, video_metrics
+from rcca.engine.optim import lr_factor
+from rcca.engine.trainer import Trainer, TrainingDiverged, accumulation_steps
+from rcca.errors import UserError
+
+
+class PointsDataset(Dataset):
+    """Fixed random 'clips' (C x T x H x W = 2 x 2 x 2 x 2) with labels, in the trainer's dict format."""
+
+    def __init__(self, size: int = 32, scale: float = 1.0) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(size, 2, 2, 2, 2, generator=generator) * scale
+        self.y = torch.randint(0, 3, (size,), generator=generator)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key):
+        _, index = key
+        return {"clip": self.x[index], "label": self.y[index], "index": index, "ok": True, "failed": ""}
+
+
+class LinearClassifier(nn.Module):
+    """No BatchNorm, no dropout: the update is a pure function of the batch."""
+
+    classifier_name = "fc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.hidden = nn.Linear(16, 8)
+        self.fc = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.fc(torch.tanh(self.hidden(x.flatten(1))))
+
+
+def one_update(batch_size: int, effective: int, rank: int = 0, world_size: int = 1, tmp: Path | None = None, scale=1.0):
+    """Train exactly one optimizer update and return the weights."""
+    dataset = PointsDataset(scale=scale)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), True, 0, rank, world_size))
+    model = LinearClassifier()
+    runner = nn.parallel.DistributedDataParallel(model) if world_size > 1 else None
+    cfg = TrainerConfig(epochs=1, batch_size=batch_size, effective_batch_size=effective, log_every=1000, progress=False)
+    trainer = Trainer(
+        model, loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=None),
+        ScheduleConfig(), tmp or Path("."), {}, torch.device("cpu"), world_size, None, runner,
+    )
+    trainer.updates_per_epoch = 1
+    trainer._train_epoch()
+    assert trainer.progress.step == 1
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _distributed_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    weights = one_update(batch_size=2, effective=8, rank=rank, world_size=2)
+    if rank == 0:
+        torch.save(weights, out)
+    dist.destroy_process_group()
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    reference = one_update(batch_size=8, effective=8)
+    accumulated = one_update(batch_size=2, effective=8)
+    untouched = LinearClassifier().state_dict()
+    assert any(not torch.equal(reference[k], untouched[k]) for k in reference)
+    for key in reference:
+        torch.testing.assert_close(accumulated[key], reference[key], rtol=1e-5, atol=1e-6)
+
+    out = tmp_path / "ddp.pt"
+    port = 29500 + os.getpid() % 1000
+    mp.spawn(_distributed_worker, args=(port, str(out)), nprocs=2, join=True)
+    distributed = torch.load(out)
+    for key in reference:
+        torch.testing.assert_close(distributed[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def test_accumulation_steps_must_divide():
+    assert accumulation_steps(128, 16, 2) == 4
+    assert accumulation_steps(128, 8, 1) == 16
+    with pytest.raises(UserError, match="trainer.effective_batch_size=100"):
+        accumulation_steps(100, 16, 2)
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at update 1 .*last\.pt"):
+        one_update(batch_size=4, effective=4, tmp=tmp_path, scale=float("nan"))
+
+
+def test_lr_schedule_counts_updates():
+    cfg = ScheduleConfig(milestones=[2, 4], factor=0.1, warmup_epochs=1)
+    per_epoch = 10
+    assert lr_factor(0, per_epoch, cfg) == pytest.approx(0.1)  # warm-up: 1/10
+    assert lr_factor(9, per_epoch, cfg) == pytest.approx(1.0)
+    assert lr_factor(19, per_epoch, cfg) == pytest.approx(1.0)
+    assert lr_factor(20, per_epoch, cfg) == pytest.approx(0.1)
+    assert lr_factor(40, per_epoch, cfg) == pytest.approx(0.01)
+
+
+class ViewsDataset(Dataset):
+    """Videos whose V views are constant tensors: the model below turns them into known scores."""
+
+    def __init__(self, view_values: list[list[float]], labels: list[int]) -> None:
+        self.view_values, self.labels = view_values, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key):
+        _, index = key
+        clip = torch.tensor(self.view_values[index]).view(-1, 1, 1, 1, 1)  # V x C x T x H x W
+        return {"clip": clip, "label": self.labels[index], "index": index, "ok": True, "failed": ""}
+
+
+class ValueToLogits(nn.Module):
+    """Logits [log v, log (1 - v)]: softmax gives probabilities exactly (v, 1 - v)."""
+
+    classifier_name = "fc"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1, 2)
+
+    def forward(self, x):
+        v = x.flatten(1)[:, :1]
+        return torch.cat([v.log(), (1 - v).log()], dim=1)
+
+
+def test_video_scores_are_mean_of_view_probabilities_counted_once():
+    # 3 videos x 2 views; with 2 ranks, EpochSampler pads rank 1 with video 0 again.
+    views = [[0.9, 0.5], [0.2, 0.4], [0.3, 0.9]]
+    labels = [0, 1, 0]
+    dataset = ViewsDataset(views, labels)
+    shares = [list(EpochSampler(3, shuffle=False, rank=r, world_size=2)) for r in range(2)]
+    assert [i for _, i in shares[0]] == [0, 2] and [i for _, i in shares[1]] == [1, 0]
+
+    model = ValueToLogits()
+    gathered = []
+    for rank in range(2):
+        loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(3, False, rank=rank, world_size=2))
+        gathered.append(predict_videos(model, loader, torch.device("cpu")))
+    # What the gather returns: rank 0's rows, then rank 1's (duplicate of video 0 included).
+    indices = torch.tensor(sum((g[2] for g in gathered), []))
+    unique, first = _first_occurrence(torch.tensor([0, 2, 1, 0]))
+    assert unique.tolist() == [0, 1, 2] and first.tolist() == [0, 2, 1]
+    assert sorted(indices.tolist()) == [0, 0, 1, 2]
+
+    scores, video_labels, order, _ = gathered[0]
+    expected = {0: 0.7, 2: 0.6}
+    for row, index in enumerate(order):
+        assert scores[row, 0].item() == pytest.approx(expected[index])
+    metrics = video_metrics(torch.tensor([[0.7, 0.3], [0.3, 0.7], [0.6, 0.4]]), torch.tensor(labels), ["x", "y"])
+    assert metrics["top1"] == pytest.approx(100.0)
+    assert metrics["confusion_matrix"] == [[2, 0], [0, 1]]
+    wrong = video_metrics(torch.tensor([[0.2, 0.8], [0.3, 0.7], [0.6, 0.4]]), torch.tensor(labels), ["x", "y"])
+    assert wrong["top1"] == pytest.approx(200 / 3)
+    assert wrong["per_class_accuracy"] == {"x": 50.0, "y": 100.0}
+    assert wrong["mean_class_accuracy"] == pytest.approx(75.0)
