@@ -3,9 +3,9 @@
 The config is composed exactly as `train.py` composes it (same config folder, same
 overrides), e.g.
 
-    python scripts/complexity.py experiment=null backbone=tsm_r50 module=rcca dataset=ucf101
-    python scripts/complexity.py experiment=null backbone=tsm_r50 module=nl dataset=ucf101
-    python scripts/complexity.py experiment=null backbone=mfnet module=none dataset=ucf101
+    python scripts/complexity.py experiment=none backbone=tsm_r50 module=rcca dataset=ucf101
+    python scripts/complexity.py experiment=none backbone=tsm_r50 module=nl dataset=ucf101
+    python scripts/complexity.py experiment=none backbone=mfnet module=none dataset=ucf101
 
 The dataset only provides num_classes (no videos are read, dataset.root may stay unset).
 The input is 1 x 3 x backbone.num_frames x 224 x 224 (TSM: 8 frames, MF-Net: 16), the
@@ -25,16 +25,22 @@ import argparse
 import dataclasses
 import json
 import sys
+import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a file from any folder: make `rcca` importable
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # run as a file from any folder: make `rcca` importable
+warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised when fvcore is imported
 
 from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.errors import HydraException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 
 from rcca.config import register_configs  # noqa: E402
 from rcca.engine.launch import user_errors  # noqa: E402
+from rcca.errors import UserError  # noqa: E402
 from rcca.models.build import build_model  # noqa: E402
 from rcca.models.complexity import complexity_report, format_report  # noqa: E402
 
@@ -42,24 +48,27 @@ PAPER_SIZE = 224
 
 
 def compose_config(overrides: list[str]) -> DictConfig:
-    """The config train.py would run with these overrides."""
+    """The config train.py would run with these overrides; a bad override is a UserError."""
     register_configs()
-    with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs"), job_name="complexity"):
-        return compose(config_name="config", overrides=overrides)
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs"), job_name="complexity"):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     parser.add_argument("--size", type=int, default=PAPER_SIZE, help="input height and width (default 224)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     with user_errors():
         cfg = compose_config(args.overrides)
         backbone = dataclasses.replace(OmegaConf.to_object(cfg.backbone), pretrained=None)
         model = build_model(backbone, OmegaConf.to_object(cfg.module), cfg.dataset.num_classes)
     report = complexity_report(model, (1, 3, backbone.num_frames, args.size, args.size))
-    print(f"backbone={backbone.name} depth={backbone.depth} module={cfg.module.name} "
-          f"positions={list(cfg.module.positions)} num_classes={cfg.dataset.num_classes}")
+    name = f"{backbone.name}-r{backbone.depth}" if backbone.name == "tsm" else backbone.name
+    print(f"model: {name} + {cfg.module.name} at {list(cfg.module.positions)}, {cfg.dataset.num_classes} classes")
     print(format_report(report))
     print(json.dumps(report.to_json()))
 

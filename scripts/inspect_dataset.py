@@ -1,12 +1,13 @@
 """Check a dataset without training: `python scripts/inspect_dataset.py [--decode] [hydra overrides]`.
 
-The overrides are those of train.py, e.g. `experiment=null dataset=ucf101 dataset.root=...
-dataset.annotations=...` (the default is the synthetic set, generated if needed). The script
-parses the annotations with the checks train.py makes and reports the class count, the
-train/test video counts and the listed videos that are missing; with `--decode` it also reads
-every present video (its first and last frame, with the configured `dataset.backend`) and
-reports those that fail. The last line printed is one JSON object:
-{"dataset", "root", "num_classes", "train", "test", "missing"} plus "undecodable" with --decode.
+The overrides are those of train.py, e.g. `experiment=none dataset=ucf101 dataset.root=...
+dataset.annotations=...` (`experiment=none` drops the quick-start preset; without overrides the
+synthetic set is inspected, generated if needed). The script parses the annotations with the
+checks train.py makes and reports the class count, the train/test video counts and the listed
+videos that are missing; with `--decode` it also reads every present video (its first and last
+frame, with the configured `dataset.backend`) and reports those that fail. The last line
+printed is one JSON object: {"dataset", "root", "num_classes", "train", "test", "missing"},
+plus "undecodable" with --decode.
 A user error (missing root, bad annotations, bad override) prints one line `error: ...` on
 stderr and exits with status 2.
 """
@@ -66,7 +67,7 @@ def list_videos(cfg: DictConfig) -> tuple[Path, Annotations]:
 
 def find_undecodable(root: Path, paths: list[str], backend: str) -> dict[str, str]:
     """Try to read the first and last frame of each video; returns {path: reason} for failures."""
-    failures = {}
+    failures: dict[str, str] = {}
     for path in tqdm(paths, desc="decoding", unit="video"):
         try:
             read_frames(root / path, lambda n: [0, n - 1], backend)
@@ -117,6 +118,7 @@ def report(overrides: list[str], decode: bool) -> dict:
 
 
 def main() -> None:
+    """Parse `--decode` and hand the other arguments to Hydra as overrides; print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decode", action="store_true", help="also read every present video and report failures")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")

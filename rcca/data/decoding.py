@@ -34,8 +34,10 @@ def read_frames_decord(path: Path, choose_indices: IndexChooser) -> Tensor:
         if num_frames == 0:
             raise DecodeError(f"{path}: no frames")
         frames = reader.get_batch(choose_indices(num_frames)).asnumpy()
-    except decord.DECORDError as error:
-        raise DecodeError(f"{path}: decord failed: {str(error).splitlines()[0]}") from None
+    except DecodeError:
+        raise
+    except (decord.DECORDError, RuntimeError, AssertionError) as error:  # decord raises all three on bad files
+        raise DecodeError(f"{path}: decord failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
 

@@ -1,0 +1,241 @@
+"""CCA-3D / RCCA-3D / non-local: exactness against references, gradients, initialisation, sizes, insertion."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig
+from rcca.engine.optim import build_optimizer
+from rcca.models.attention import CrissCrossAttention3D, RCCA3D
+from rcca.models.build import build_model
+from rcca.models.nonlocal_block import NonLocal3D
+from rcca.models.tsm import TSMResNet, load_imagenet_weights
+
+SMALL_TSM = BackboneConfig(name="tsm", depth=18, width=16, dropout=0.0)
+TSM_R50 = BackboneConfig(name="tsm", depth=50)
+R50_CHANNELS = {"conv3_3": 512, "conv4_5": 1024, "conv5_2": 2048}  # block output channels of ResNet-50
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def randomise(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial weights (float64) so that every term of an equation matters."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in module.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator, dtype=torch.float64) * 0.3)
+    return module
+
+
+def brute_force_cca(cca: CrissCrossAttention3D, x: Tensor) -> Tensor:
+    """Full THW x THW attention, masked to the T+H+W-2 positions sharing two of the query's coordinates.
+
+    x: N x C x T x H x W -> N x Cv x T x H x W.
+    """
+    n, _, t, h, w = x.shape
+    q, k, v = (conv(x).flatten(2).transpose(1, 2) for conv in (cca.query, cca.key, cca.value))  # N x THW x C
+    grid = torch.stack(torch.meshgrid(torch.arange(t), torch.arange(h), torch.arange(w), indexing="ij"), -1)
+    coords = grid.reshape(-1, 3)  # THW x 3, (t, h, w) of each flattened position
+    shared = (coords[:, None, :] == coords[None, :, :]).sum(-1)  # THW x THW: coordinates in common
+    keep = shared >= 2  # same line (2 shared) or the query itself (3 shared)
+    assert bool((keep.sum(1) == t + h + w - 2).all())
+    energy = (q @ k.transpose(1, 2)).masked_fill(~keep, float("-inf"))
+    out = torch.softmax(energy, dim=-1) @ v  # N x THW x Cv
+    return out.transpose(1, 2).reshape(n, -1, t, h, w)
+
+
+@pytest.mark.parametrize("t, h, w", [(3, 4, 5), (1, 3, 4), (4, 5, 3), (2, 1, 6), (1, 1, 1), (5, 2, 2)])
+@pytest.mark.parametrize("value_channels", [None, 3])
+def test_cca_matches_brute_force(t: int, h: int, w: int, value_channels: int | None) -> None:
+    torch.manual_seed(t * 100 + h * 10 + w)
+    cca = randomise(CrissCrossAttention3D(6, 2, value_channels).double())
+    x = torch.randn(2, 6, t, h, w, dtype=torch.float64)
+    out = cca(x)
+    assert out.shape == (2, value_channels or 6, t, h, w)
+    assert torch.allclose(out, brute_force_cca(cca, x), rtol=1e-10, atol=1e-12)
+
+
+def paper_equation(structure: str, recurrence: int) -> Callable[[RCCA3D, Tensor], Tensor]:
+    """RCCA-3D output written from the paper's equations (4)-(7) with F = CCA-3D (+ restore for c)."""
+
+    def forward(module: RCCA3D, x: Tensor) -> Tensor:
+        gamma = module.gamma
+        f = (lambda y: module.restore(module.cca(y))) if structure == "c" else module.cca
+        if structure == "d":  # Eq. 7: Y = gF(gF(...gF(X))) + X
+            y = x
+            for _ in range(recurrence):
+                y = gamma * f(y)
+            return y + x
+        y = x
+        for _ in range(recurrence):
+            # a, c (Eq. 4-5): every step adds X; b (Eq. 6): every step adds its own input
+            y = gamma * f(y) + (y if structure == "b" else x)
+        return y
+
+    return forward
+
+
+@pytest.mark.parametrize("structure", ["a", "b", "c", "d"])
+@pytest.mark.parametrize("recurrence", [1, 2, 3])
+def test_rcca_structures_follow_their_equations(structure: str, recurrence: int) -> None:
+    torch.manual_seed(recurrence)
+    module = randomise(RCCA3D(8, structure=structure, recurrence=recurrence, gamma_init=0.7).double(), seed=recurrence)
+    x = torch.randn(2, 8, 3, 4, 5, dtype=torch.float64)
+    assert (module.restore is not None) == (structure == "c")
+    expected = paper_equation(structure, recurrence)(module, x)
+    assert torch.allclose(module(x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_rcca_structures_differ() -> None:
+    """With the same weights, a, b and d give different outputs (the test above is not vacuous)."""
+    x = torch.randn(1, 8, 2, 3, 4, dtype=torch.float64)
+    outputs = [randomise(RCCA3D(8, structure=s).double())(x) for s in ("a", "b", "d")]
+    assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[0], outputs[2])
+
+
+@pytest.mark.parametrize(
+    "module_cfg, context_type",
+    [
+        (ModuleConfig(name="rcca", positions=["conv3_2", "conv4_1"]), RCCA3D),
+        (ModuleConfig(name="nl", positions=["conv3_2", "conv4_1"], subsample=True), NonLocal3D),
+    ],
+    ids=["rcca", "nl"],
+)
+def test_every_module_parameter_learns(module_cfg: ModuleConfig, context_type: type) -> None:
+    """Each parameter is in exactly one optimizer group and gets a non-zero gradient.
+
+    The non-local block's zero-initialised BN weight blocks the gradient to theta/phi/g/out
+    at initialisation, so one SGD step is taken first: it must move that weight (it is in
+    the optimizer and has a gradient), after which every parameter has a gradient.
+    """
+    torch.manual_seed(0)
+    model = build_model(SMALL_TSM, module_cfg, num_classes=5)
+    contexts = [m for m in model.modules() if isinstance(m, context_type)]
+    assert len(contexts) == 2
+    optimizer = build_optimizer(model, OptimizerConfig(lr=0.1), TSMResNet.classifier_name)
+    grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
+    assert len(grouped) == len(set(grouped)) == len(list(model.parameters()))
+    context_params = {name: p for i, m in enumerate(contexts) for name, p in m.named_parameters(prefix=str(i))}
+    assert {id(p) for p in context_params.values()} <= set(grouped)
+
+    clips, labels = torch.randn(2, 3, 8, 64, 64), torch.tensor([1, 3])
+
+    def backward() -> None:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(clips), labels).backward()
+
+    backward()
+    if context_type is NonLocal3D:
+        assert all(float(m.bn.weight.grad.abs().sum()) > 0 for m in contexts)
+        optimizer.step()
+        assert all(float(m.bn.weight.detach().abs().sum()) > 0 for m in contexts)
+        backward()
+    no_gradient = [n for n, p in context_params.items() if p.grad is None or float(p.grad.abs().sum()) == 0]
+    assert no_gradient == []
+    if context_type is RCCA3D:
+        assert {"0.gamma", "1.gamma"} <= set(context_params)
+
+
+@pytest.mark.parametrize("gamma", [0.0, 0.5, 1.0])
+def test_gamma_initial_value(gamma: float) -> None:
+    model = build_model(SMALL_TSM, ModuleConfig(name="rcca", positions=["conv3_1"], gamma_init=gamma), num_classes=5)
+    (module,) = [m for m in model.modules() if isinstance(m, RCCA3D)]
+    assert module.gamma.item() == gamma
+    x = torch.randn(1, 32, 2, 3, 3)
+    if gamma == 0.0:  # gamma = 0: the module starts as the identity
+        assert torch.equal(module(x), x)
+    else:
+        assert not torch.allclose(module(x), x)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_nonlocal_starts_as_identity(train: bool) -> None:
+    torch.manual_seed(0)
+    module = NonLocal3D(16).train(train)
+    x = torch.randn(2, 16, 3, 4, 4)
+    assert torch.equal(module(x), x)
+
+
+@pytest.mark.parametrize("subsample, keys", [(False, 3 * 8 * 6), (True, 3 * 4 * 3)])
+def test_nonlocal_subsampling_reduces_keys_fourfold(subsample: bool, keys: int) -> None:
+    module = NonLocal3D(16, subsample=subsample)
+    nn.init.ones_(module.bn.weight)
+    seen: list[torch.Size] = []
+    module.pool.register_forward_hook(lambda _, __, out: seen.append(out.shape))
+    x = torch.randn(2, 16, 3, 8, 6)
+    out = module(x)
+    assert out.shape == x.shape and not torch.allclose(out, x)
+    assert seen == [(2, 8, 3, 8 // (1 + subsample), 6 // (1 + subsample))] * 2  # phi (keys) and g (values)
+    assert seen[0][2:].numel() == keys
+
+
+def rcca_parameters(channels: int) -> int:
+    """Analytic RCCA-3D size, C_d = 1/4: q and k (C*C' + C'), v (C*C + C), gamma (1)."""
+    inner = channels // 4
+    return 2 * (channels * inner + inner) + (channels * channels + channels) + 1
+
+
+def nonlocal_parameters(channels: int) -> int:
+    """Analytic non-local size, C' = C/2: theta, phi, g (C*C' + C'), out (C'*C + C), BN (2C)."""
+    inner = channels // 2
+    return 3 * (channels * inner + inner) + (inner * channels + channels) + 2 * channels
+
+
+@pytest.fixture(scope="module")
+def r50_params() -> int:
+    return count(build_model(TSM_R50, ModuleConfig(name="none"), num_classes=400))
+
+
+@pytest.mark.parametrize(
+    "position, expected_m",
+    [("conv3_3", 0.39), ("conv4_5", 1.57), ("conv5_2", 6.29)],
+)
+def test_rcca_parameter_delta_on_tsm_r50(r50_params: int, position: str, expected_m: float) -> None:
+    """Table III: +0.39M / +1.57M / +6.29M over TSM (24.30M)."""
+    model = build_model(TSM_R50, ModuleConfig(name="rcca", positions=[position]), num_classes=400)
+    delta = count(model) - r50_params
+    assert delta == rcca_parameters(R50_CHANNELS[position])
+    assert round(delta / 1e6, 2) == expected_m
+
+
+def test_nonlocal_parameter_delta_on_tsm_r50(r50_params: int) -> None:
+    """Table VI: TSM + NL at conv4_5 has 26.40M parameters, +2.10M."""
+    model = build_model(TSM_R50, ModuleConfig(name="nl", positions=["conv4_5"]), num_classes=400)
+    delta = count(model) - r50_params
+    assert delta == nonlocal_parameters(1024)
+    assert round(delta / 1e6, 2) == 2.10
+
+
+def test_structure_c_has_the_size_of_a() -> None:
+    """Table I: 24.69M for every structure; c with V at C/2 plus the restoring conv."""
+    a, c = count(RCCA3D(512, structure="a")), count(RCCA3D(512, structure="c", value_fraction=0.5))
+    assert abs(c - a) / a < 1e-3
+
+
+@pytest.mark.parametrize("position", ["conv3_9", "conv1_1", "conv6_1", "layer2"])
+def test_invalid_position_lists_valid_ones(position: str) -> None:
+    with pytest.raises(ValueError, match=r"valid: conv2_1, conv2_2, conv3_1, .*conv5_2") as error:
+        build_model(SMALL_TSM, ModuleConfig(name="rcca", positions=[position]), num_classes=5)
+    assert repr(position) in str(error.value)
+
+
+def test_torchvision_resnet50_weights_load(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet50()
+    path = tmp_path / "resnet50.pth"
+    torch.save(reference.state_dict(), path)
+    model = TSMResNet(depth=50, num_classes=400)
+    missing = load_imagenet_weights(model, path)
+    assert sorted(missing) == ["fc.bias", "fc.weight"]
+    loaded, source = model.state_dict(), reference.state_dict()
+    assert set(loaded) == set(source)
+    differing = [k for k in source if not k.startswith("fc.") and not torch.equal(loaded[k], source[k])]
+    assert differing == []
