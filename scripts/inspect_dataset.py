@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -31,8 +30,7 @@ from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from rcca.config import register_configs  # noqa: E402
-from rcca.data.annotations import Annotations, load_annotations  # noqa: E402
-from rcca.data.build import _annotation_arguments, load_dataset  # noqa: E402
+from rcca.data.build import missing_videos, read_annotations  # noqa: E402
 from rcca.data.decoding import BACKENDS, DecodeError, read_frames  # noqa: E402
 from rcca.engine.launch import check_required, user_errors  # noqa: E402
 from rcca.errors import UserError  # noqa: E402
@@ -48,21 +46,6 @@ def compose_config(overrides: list[str]) -> DictConfig:
             return compose(config_name="config", overrides=overrides)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(str(error)) from None
-
-
-def list_videos(cfg: DictConfig) -> tuple[Path, Annotations]:
-    """The video root and the complete annotations, missing videos included.
-
-    `load_dataset` makes train.py's checks (root, annotation files, class count) and
-    generates the synthetic set; it is told to drop missing videos instead of stopping, and
-    the lists are then parsed again in full so that the missing ones can be reported. The
-    synthetic set is generated complete, so its checked lists are already the full ones.
-    """
-    cfg.dataset.allow_missing = True
-    root, annotations = load_dataset(cfg.dataset)
-    if cfg.dataset.name == "synthetic":
-        return root, annotations
-    return root, load_annotations(cfg.dataset.name, **_annotation_arguments(cfg.dataset))
 
 
 def find_undecodable(root: Path, paths: list[str], backend: str) -> dict[str, str]:
@@ -93,9 +76,9 @@ def report(overrides: list[str], decode: bool) -> dict:
     backend = cfg.dataset.backend
     if decode and backend not in BACKENDS:
         raise UserError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
-    root, annotations = list_videos(cfg)
+    root, annotations = read_annotations(cfg.dataset)
     splits = {"train": annotations.train, "test": annotations.test}
-    missing = {split: [r.path for r in records if not (root / r.path).exists()] for split, records in splits.items()}
+    missing = {split: missing_videos(root, records) for split, records in splits.items()}
     print(f"dataset: {cfg.dataset.name} (root {root})")
     print(f"classes: {len(annotations.classes)}")
     print(f"videos: {len(annotations.train)} train, {len(annotations.test)} test")
@@ -123,7 +106,6 @@ def main() -> None:
     parser.add_argument("--decode", action="store_true", help="also read every present video and report failures")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")
     args = parser.parse_intermixed_args()
-    logging.getLogger("rcca.data.build").setLevel(logging.ERROR)  # its "dropping missing" warning repeats the report
     with user_errors():
         summary = report(args.overrides, args.decode)
     print(json.dumps(summary))

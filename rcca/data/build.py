@@ -39,12 +39,11 @@ class ClipSampling:
         return [i for clip in clips for i in clip]
 
 
-def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
-    """Parse (or, for the synthetic set, generate) the annotations and check the videos exist.
+def read_annotations(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
+    """Parse (or, for the synthetic set, generate) the annotations; check the root and class count.
 
-    Returns the video root and the annotations. Raises UserError with one line for a
-    missing root, unreadable annotations, a class-count mismatch, or missing videos
-    (unless `dataset.allow_missing`, which drops them with a warning).
+    Returns the video root and the annotations, missing videos included. Raises UserError
+    with one line for a missing root, unreadable annotations or a class-count mismatch.
     """
     root = Path(cfg.root)
     if cfg.name == "synthetic":
@@ -66,8 +65,19 @@ def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annot
             f"dataset.num_classes={cfg.num_classes} but the annotations define {len(annotations.classes)} classes; "
             "fix dataset.num_classes"
         )
-    annotations.train = _drop_missing(root, annotations.train, cfg, "train")
-    annotations.test = _drop_missing(root, annotations.test, cfg, "test")
+    return root, annotations
+
+
+def missing_videos(root: Path, records: list[VideoRecord]) -> list[str]:
+    """Paths of the listed videos (files, or frame folders) that do not exist under `root`."""
+    return [r.path for r in records if not (root / r.path).exists()]
+
+
+def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
+    """`read_annotations`, then stop on missing videos (or drop them with `dataset.allow_missing`)."""
+    root, annotations = read_annotations(cfg, progress)
+    annotations.train = _drop_missing(root, annotations.train, cfg.allow_missing, "train")
+    annotations.test = _drop_missing(root, annotations.test, cfg.allow_missing, "test")
     return root, annotations
 
 
@@ -87,12 +97,12 @@ def _annotation_arguments(cfg: DatasetConfig) -> dict:
     return kwargs
 
 
-def _drop_missing(root: Path, records: list[VideoRecord], cfg: DatasetConfig, split: str) -> list[VideoRecord]:
+def _drop_missing(root: Path, records: list[VideoRecord], allow_missing: bool, split: str) -> list[VideoRecord]:
     """Check every listed video exists; stop, or with allow_missing drop the missing ones."""
-    missing = [r.path for r in records if not (root / r.path).exists()]
+    missing = missing_videos(root, records)
     if not missing:
         return records
-    if not cfg.allow_missing:
+    if not allow_missing:
         raise UserError(
             f"{len(missing)} of {len(records)} {split} videos are missing under dataset.root={root} "
             f"(first: {', '.join(missing[:3])}); fix the root or set dataset.allow_missing=true"
