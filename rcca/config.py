@@ -88,6 +88,7 @@ class TrainerConfig:
     batch_size: int = 16  # clips per forward pass and process
     effective_batch_size: int = 16  # clips per optimizer update (accumulated across steps and processes)
     num_workers: int = 2  # DataLoader worker processes per process
+    data_timeout: float = 600.0  # seconds a worker may spend on one batch before the run stops (hung decoder)
     device: str = "auto"  # auto (CUDA if available), cpu or cuda
     eval_every: int = 1  # validate every N epochs (the last epoch always)
     log_every: int = 10  # optimizer updates between log lines / TensorBoard points

@@ -49,13 +49,14 @@ def test_cca_count_matches_shapes(n: int, c: int, t: int, h: int, w: int, inner:
 
 
 @pytest.mark.parametrize("structure", ["a", "b", "c", "d"])
-def test_rcca_is_recurrence_times_cca(structure: str) -> None:
-    """R = 3 applications of the shared CCA-3D; structure c adds its restoring conv (Cv -> C) each time."""
+@pytest.mark.parametrize("recurrence", [1, 3, 4])
+def test_rcca_is_recurrence_times_cca(structure: str, recurrence: int) -> None:
+    """R applications of the shared CCA-3D; structure c adds its restoring conv (Cv -> C) each time."""
     c, t, h, w = 16, 4, 6, 5
-    module = RCCA3D(c, structure=structure, recurrence=3)
+    module = RCCA3D(c, structure=structure, recurrence=recurrence)
     value = c // 2 if structure == "c" else c
     restore = t * h * w * value * c if structure == "c" else 0
-    assert macs_of(module, c, t, h, w) == 3 * (cca_macs(1, c, t, h, w, c // 4, value) + restore)
+    assert macs_of(module, c, t, h, w) == recurrence * (cca_macs(1, c, t, h, w, c // 4, value) + restore)
 
 
 @pytest.mark.parametrize("subsample", [False, True])
@@ -76,8 +77,13 @@ def test_unknown_matrix_products_are_refused() -> None:
 
 
 @cache
-def rcca_macs(site: tuple[int, int, int, int], recurrence: int = 3, inner_fraction: float = 0.25) -> int:
-    return macs_of(RCCA3D(site[0], recurrence=recurrence, inner_fraction=inner_fraction), *site)
+def cca_step_macs(site: tuple[int, int, int, int], inner_fraction: float = 0.25) -> int:
+    """fvcore count of one CCA-3D application (RCCA3D with R = 1) at a paper-sized site.
+
+    An RCCA3D with R applications costs exactly R times this (test_rcca_is_recurrence_times_cca),
+    which keeps the table checks below to one full-size trace per site.
+    """
+    return macs_of(RCCA3D(site[0], recurrence=1, inner_fraction=inner_fraction), *site)
 
 
 @cache
@@ -88,20 +94,19 @@ def nl_macs(site: tuple[int, int, int, int], subsample: bool) -> int:
 # Increments over the baseline in the paper's convention (2 x module MACs), from Tables III-VI:
 # row FLOPs minus the baseline's (TSM 33.0G, MF-Net 11.1G). Tolerance: 1% or 0.1G (rounding).
 PAPER_DELTAS = {
-    "III conv3_3": (lambda: rcca_macs(TSM_CONV3), 16.3),
-    "III conv4_5": (lambda: rcca_macs(TSM_CONV4), 15.2),
-    "III conv5_2": (lambda: rcca_macs(TSM_CONV5), 14.9),
-    "IV R=1": (lambda: rcca_macs(TSM_CONV3, 1), 5.4),
-    "IV R=2": (lambda: rcca_macs(TSM_CONV3, 2), 10.9),
-    "IV R=4": (lambda: rcca_macs(TSM_CONV3, 4), 21.7),
-    "V C_d=1/2": (lambda: rcca_macs(TSM_CONV3, 3, 1 / 2), 21.5),
-    "V C_d=1/8": (lambda: rcca_macs(TSM_CONV3, 3, 1 / 8), 13.7),
-    "V C_d=1/16": (lambda: rcca_macs(TSM_CONV3, 3, 1 / 16), 12.4),
+    "I/III conv3_3": (lambda: 3 * cca_step_macs(TSM_CONV3), 16.3),
+    "III conv4_5": (lambda: 3 * cca_step_macs(TSM_CONV4), 15.2),
+    "III conv5_2": (lambda: 3 * cca_step_macs(TSM_CONV5), 14.9),
+    "IV R=1 (5.4G per CCA-3D)": (lambda: cca_step_macs(TSM_CONV3), 5.4),
+    "IV R=2": (lambda: 2 * cca_step_macs(TSM_CONV3), 10.9),
+    "IV R=4": (lambda: 4 * cca_step_macs(TSM_CONV3), 21.7),
+    "V C_d=1/2": (lambda: 3 * cca_step_macs(TSM_CONV3, 1 / 2), 21.5),
+    "V C_d=1/8": (lambda: 3 * cca_step_macs(TSM_CONV3, 1 / 8), 13.7),
+    "V C_d=1/16": (lambda: 3 * cca_step_macs(TSM_CONV3, 1 / 16), 12.4),
     "VI TSM+NL*1": (lambda: nl_macs(TSM_CONV4, False), 11.6),
     "VI TSM+NL*5": (lambda: 2 * nl_macs(TSM_CONV3, True) + 3 * nl_macs(TSM_CONV4, True), 57.0),
-    "text TSM+NL*5 no subsampling": (lambda: 2 * nl_macs(TSM_CONV3, False) + 3 * nl_macs(TSM_CONV4, False), 128.0),
     "VI MF-Net+NL*5": (lambda: 2 * nl_macs(MF_CONV3, True) + 3 * nl_macs(MF_CONV4, True), 13.6),
-    "VI MF-Net+RCCA*5": (lambda: 2 * rcca_macs(MF_CONV3) + 3 * rcca_macs(MF_CONV4), 12.0),
+    "VI MF-Net+RCCA*5": (lambda: 3 * (2 * cca_step_macs(MF_CONV3) + 3 * cca_step_macs(MF_CONV4)), 12.0),
 }
 
 
@@ -110,12 +115,6 @@ def test_paper_table_increments(row: str) -> None:
     macs, paper = PAPER_DELTAS[row]
     delta = 2 * macs() / 1e9
     assert abs(delta - paper) <= max(0.1, 0.01 * paper), f"{row}: 2 x {macs() / 1e9:.3f} GMACs vs paper +{paper}G"
-
-
-def test_each_cca_step_adds_5_4g() -> None:
-    """Table IV text: every extra CCA-3D at conv3_3 adds 5.4G (paper convention)."""
-    steps = [2 * (rcca_macs(TSM_CONV3, r + 1) - rcca_macs(TSM_CONV3, r)) / 1e9 for r in range(1, 4)]
-    assert steps == pytest.approx([steps[0]] * 3) and steps[0] == pytest.approx(5.4, abs=0.06)
 
 
 def test_complexity_script_on_tsm_r50_rcca() -> None:
@@ -129,7 +128,7 @@ def test_complexity_script_on_tsm_r50_rcca() -> None:
     (module,) = report["modules"]
     assert module["position"] == "conv3_3" and module["kind"].startswith("RCCA3D(a, R=3, C=512, C'=128")
     assert module["params"] == 393_985
-    assert module["macs"] == rcca_macs(TSM_CONV3)
+    assert module["macs"] == 3 * cca_step_macs(TSM_CONV3)
     assert module["macs"] == pytest.approx(8.15e9, rel=0.01)
     assert report["backbone_macs"] == report["macs"] - module["macs"]
     assert report["backbone_macs"] == pytest.approx(33.0e9, rel=0.01)

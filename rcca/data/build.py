@@ -144,17 +144,19 @@ def build_datasets(
 def build_loader(
     dataset: VideoDataset,
     batch_size: int,
-    num_workers: int,
     train: bool,
+    num_workers: int,
     seed: int,
     rank: int = 0,
     world_size: int = 1,
+    timeout: float = 0.0,
 ) -> DataLoader:
     """A DataLoader over this process's share of the dataset (see `EpochSampler`).
 
     Training shuffles per epoch and drops the last incomplete batch; testing keeps every
     video (padding repeats, which evaluation counts once). Call
-    `loader.sampler.set_epoch(epoch, start)` before each epoch.
+    `loader.sampler.set_epoch(epoch, start)` before each epoch. With workers, `timeout` (seconds,
+    0 = none) turns a worker stuck on one batch (a hung decoder) into an error instead of a hang.
     """
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
     return DataLoader(
@@ -166,4 +168,5 @@ def build_loader(
         persistent_workers=num_workers > 0,
         drop_last=train,
         generator=torch.Generator().manual_seed(seed),
+        timeout=timeout if num_workers > 0 else 0.0,
     )

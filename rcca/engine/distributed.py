@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 import torch.distributed as dist
@@ -52,6 +54,25 @@ def reduce_mean(value: float, device: torch.device) -> float:
     tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.item() / dist.get_world_size()
+
+
+def broadcast_object(value):
+    """Rank 0's value of a picklable object, on every process."""
+    if not is_distributed():
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+@contextmanager
+def main_process_first() -> Iterator[None]:
+    """Rank 0 runs the block first (e.g. generating a dataset), the other ranks after it."""
+    if is_distributed() and not is_main_process():
+        dist.barrier()
+    yield
+    if is_distributed() and is_main_process():
+        dist.barrier()
 
 
 def cleanup() -> None:

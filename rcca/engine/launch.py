@@ -18,7 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 from rcca.config import Config
 from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dataset
 from rcca.engine.checkpoints import load_checkpoint
-from rcca.engine.distributed import cleanup, init_distributed, is_main_process
+from rcca.engine.distributed import broadcast_object, cleanup, init_distributed, is_main_process, main_process_first
 from rcca.engine.evaluation import predict_videos, video_metrics
 from rcca.engine.trainer import Trainer, write_metrics
 from rcca.errors import UserError
@@ -86,14 +86,19 @@ def train(cfg: Config, run_dir: Path) -> dict:
     check_required(cfg)
     device = resolve_device(cfg.trainer.device)
     rank, world_size, local_rank = init_distributed(device.type)
+    run_dir = Path(broadcast_object(str(run_dir)))  # each process's Hydra clock may differ: use rank 0's folder
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
     seed_everything(cfg.seed)
     main = is_main_process()
+    if not main:
+        logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all
 
-    train_set, test_set, classes = make_datasets(cfg, progress=main)
-    train_loader = build_loader(train_set, cfg.trainer.batch_size, cfg.trainer.num_workers, True, cfg.seed, rank, world_size)
-    test_loader = build_loader(test_set, cfg.test.batch_size, cfg.trainer.num_workers, False, cfg.seed, rank, world_size)
+    with main_process_first():
+        train_set, test_set, classes = make_datasets(cfg, progress=main and sys.stderr.isatty())
+    loader_args = (cfg.trainer.num_workers, cfg.seed, rank, world_size, cfg.trainer.data_timeout)
+    train_loader = build_loader(train_set, cfg.trainer.batch_size, True, *loader_args)
+    test_loader = build_loader(test_set, cfg.test.batch_size, False, *loader_args)
     model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
     if cfg.init_from:
         report = load_pretrained(model, cfg.init_from, cfg.init_from_format)
@@ -167,11 +172,11 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     run_cfg = checkpoint_config(cfg, saved["config"], overrides)
     check_required(run_cfg)
     device = resolve_device(run_cfg.trainer.device)
-    _, test_set, classes = make_datasets(run_cfg, progress=True)
+    _, test_set, classes = make_datasets(run_cfg, progress=sys.stderr.isatty())
     model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
     model.load_state_dict(saved["model"])
     model.to(device)
-    loader = build_loader(test_set, run_cfg.test.batch_size, run_cfg.trainer.num_workers, False, run_cfg.seed)
+    loader = build_loader(test_set, run_cfg.test.batch_size, False, run_cfg.trainer.num_workers, run_cfg.seed)
     loader.sampler.set_epoch(0)
     scores, labels, indices, failed = predict_videos(model, loader, device, progress=sys.stderr.isatty())
     metrics = video_metrics(scores, labels, classes)

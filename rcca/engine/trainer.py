@@ -122,7 +122,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict) -> None:
         """Restore everything needed to continue exactly where `state` was saved."""
-        self.bare_model.load_state_dict(state["model"])
+        try:
+            self.bare_model.load_state_dict(state["model"])
+        except RuntimeError as error:
+            detail = " ".join(str(error).split())[:300]
+            raise UserError(f"the checkpoint does not match the configured model (use the run's own overrides): {detail}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -140,7 +144,15 @@ class Trainer:
         metrics: dict = {}
         try:
             while self.progress.epoch < self.cfg.epochs:
-                self._train_epoch()
+                try:
+                    self._train_epoch()
+                except RuntimeError as error:
+                    if "DataLoader" not in str(error):
+                        raise
+                    raise UserError(
+                        f"data loading failed in epoch {self.progress.epoch + 1} ({str(error).splitlines()[0]}); "
+                        f"the last checkpoint is {self.run_dir / 'last.pt'}: continue with resume=auto"
+                    ) from None
                 if self.stop_requested:
                     self.save("last.pt")
                     log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")

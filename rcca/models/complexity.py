@@ -28,7 +28,7 @@ R x N x THW x 2 x (C' + C_v) MACs, ~0.3% of an RCCA-3D module at conv3_3;
 
 from __future__ import annotations
 
-from collections import Counter
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -55,8 +55,7 @@ NEGLIGIBLE_OPS = frozenset(
 
 def batchnorm_mac_jit(inputs: list[Any], outputs: list[Any]) -> int:
     """fvcore handle for `aten::batch_norm`: one MAC per input element (the inference affine map)."""
-    shape = get_shape(inputs[0])
-    return int(torch.Size(shape).numel())
+    return math.prod(get_shape(inputs[0]))
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -217,25 +216,30 @@ def complexity_report(model: nn.Module, input_shape: tuple[int, ...]) -> Complex
                 self_position_macs=self_position_macs(module, shapes[position]),
             )
         )
-    skipped = Counter(analysis.unsupported_ops())
-    return ComplexityReport(list(input_shape), count_parameters(model), total, costs, dict(sorted(skipped.items())))
+    skipped = dict(sorted(analysis.unsupported_ops().items()))
+    return ComplexityReport(list(input_shape), count_parameters(model), total, costs, skipped)
 
 
 def format_report(report: ComplexityReport) -> str:
-    """The report as a text table (G = 1e9 MACs, M = 1e6 parameters)."""
-    header = f"{'position':<10} {'module':<42} {'params':>12} {'MACs':>9} {'share':>7} {'paper dFLOPs':>13}"
-    lines = [f"input {' x '.join(map(str, report.input_shape))}", header, "-" * len(header)]
-    for m in report.modules:
-        lines.append(
-            f"{m.position:<10} {m.kind:<42} {m.params:>12,} {m.macs / 1e9:>8.3f}G {m.share:>6.1%} "
-            f"{m.paper_delta_flops / 1e9:>12.2f}G"
-        )
+    """The report as a text table (G = 1e9 MACs, M = 1e6 parameters).
+
+    The "paper FLOPs" column is the paper's convention: MACs for the backbone, 2 x MACs for
+    each module, their sum for the total (compare with the FLOPs of Tables I-VI).
+    """
+
+    def row(label: str, kind: str, params: int, macs: int, share: str, paper: int) -> str:
+        return f"{label:<10} {kind:<42} {params:>12,} {macs / 1e9:>8.3f}G {share:>6} {paper / 1e9:>11.2f}G"
+
+    header = f"{'position':<10} {'module':<42} {'params':>12} {'MACs':>9} {'share':>6} {'paper FLOPs':>12}"
+    rule = "-" * len(header)
+    lines = [f"input {' x '.join(map(str, report.input_shape))}", header, rule]
+    lines += [row(m.position, m.kind, m.params, m.macs, f"{m.share:.1%}", m.paper_delta_flops) for m in report.modules]
     backbone_params = report.params - sum(m.params for m in report.modules)
+    backbone_share = f"{report.backbone_macs / report.macs:.1%}"
     lines += [
-        f"{'backbone':<10} {'':<42} {backbone_params:>12,} {report.backbone_macs / 1e9:>8.3f}G "
-        f"{report.backbone_macs / report.macs:>6.1%}",
-        "-" * len(header),
-        f"{'total':<10} {'':<42} {report.params:>12,} {report.macs / 1e9:>8.3f}G",
+        row("backbone", "", backbone_params, report.backbone_macs, backbone_share, report.backbone_macs),
+        rule,
+        row("total", "", report.params, report.macs, "", report.paper_flops),
         f"params {report.params / 1e6:.2f}M | MACs {report.macs / 1e9:.2f}G | "
         f"paper convention (backbone MACs + 2 x module MACs) {report.paper_flops / 1e9:.1f}G",
     ]
