@@ -7,6 +7,11 @@ modules  Forward + backward time (median of --repeats runs after --warmup) and p
          (peak = torch.cuda.max_memory_allocated), else on the CPU (peak = the largest
          total of live tensors allocated during the pass, from torch.profiler's memory
          events). Memory counts what the pass allocates on top of the input and weights.
+         CPU runs use one thread unless --threads says otherwise: CPU matmul handles
+         CCA-3D's permuted line products one tiny matrix at a time (thousands per call),
+         and with 2 threads on a machine busy with other work RCCA-3D ran 15-30x slower
+         than with one (load 3-4 on 2 cores), so multi-threaded CPU timings there measure
+         the load more than the modules.
 data     Decode + augmentation throughput (clips/s) of the training pipeline
          (VideoDataset -> build_loader, MultiScaleCrop to 224, flip) on 320x240 MPEG-4
          videos it writes to a temporary folder: 8-frame TSM segment clips and 16-frame
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -66,6 +72,8 @@ BACKENDS = ("decord", "pyav")
 
 @dataclass
 class ModuleResult:
+    """One row of the modules table: median forward + backward time and peak memory."""
+
     site: str
     module: str
     input_shape: list[int]
@@ -134,8 +142,9 @@ def peak_memory(step: TrainingPass, device: torch.device) -> int:
 
 
 def benchmark_modules(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
     print(f"device: {device} ({where}); batch {args.batch} clip(s) of {args.frames} frames; "
           f"median of {args.repeats} after {args.warmup} warm-up")
     print(f"{'site':<8} {'module':<22} {'input N x C x T x H x W':<26} {'fwd+bwd ms':>11} {'peak MiB':>9}")
@@ -204,8 +213,10 @@ def benchmark_data(args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         records = write_test_videos(root, args.videos, args.video_frames)
         print(f"wrote {args.videos} videos of {args.video_frames} frames, 320x240, in {time.perf_counter() - start:.1f}s")
-        probe = read_frames_decord(root / records[0].path, lambda n: [0, n - 1])  # decord must read them itself
-        assert probe.shape[-2:] == (240, 320), probe.shape
+        # read_frames falls back to PyAV when decord fails: make sure decord reads these videos itself
+        probe = read_frames_decord(root / records[0].path, lambda n: [0, n - 1])
+        if probe.shape[-2:] != (240, 320):
+            raise RuntimeError(f"decord read frames of {tuple(probe.shape[-2:])}, expected 240 x 320")
         print(f"{'clips':<18} {'backend':<8} " + " ".join(f"{f'{w} workers':>10}" for w in args.workers) + "   (clips/s)")
         for clip_name, (sampling, frames, interval) in CLIPS.items():
             choose = ClipSampling(sampling, frames, interval).train_indices
@@ -232,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     modules.add_argument("--repeats", type=int, default=5)
     modules.add_argument("--warmup", type=int, default=1)
     modules.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    modules.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, see the docstring)")
     data = commands.add_parser("data", help="decord vs PyAV: loader throughput")
     data.add_argument("--videos", type=int, default=20)
     data.add_argument("--video-frames", type=int, default=90)
@@ -239,7 +251,11 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after one warm-up epoch)")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(argv)
+    load_before = os.getloadavg()[0]
+    print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} (other processes slow CPU timings down)")
     summary = benchmark_modules(args) if args.command == "modules" else benchmark_data(args)
+    summary["load_average"] = [load_before, os.getloadavg()[0]]
+    print(f"load average at the end: {summary['load_average'][1]:.2f}")
     print(json.dumps(summary))
 
 

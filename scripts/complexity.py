@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # run as a file from any folder: make `rcca` importable
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised when fvcore is imported
 
+import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.errors import HydraException  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
@@ -66,6 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose_config(args.overrides)
         backbone = dataclasses.replace(OmegaConf.to_object(cfg.backbone), pretrained=None)
         model = build_model(backbone, OmegaConf.to_object(cfg.module), cfg.dataset.num_classes)
+    # Counting traces one real forward pass. One thread: CPU matmul handles CCA-3D's permuted
+    # line products one tiny matrix at a time, which stalls with 2 threads on a busy machine.
+    torch.set_num_threads(1)
     report = complexity_report(model, (1, 3, backbone.num_frames, args.size, args.size))
     name = f"{backbone.name}-r{backbone.depth}" if backbone.name == "tsm" else backbone.name
     print(f"model: {name} + {cfg.module.name} at {list(cfg.module.positions)}, {cfg.dataset.num_classes} classes")

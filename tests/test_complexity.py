@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from functools import cache
 
 import pytest
@@ -19,6 +20,17 @@ from rcca.models.nonlocal_block import NonLocal3D
 # Feature maps (C, T, H, W) of the paper's insertion sites, clip of 8 (TSM) / 16 (MF-Net) frames at 224.
 TSM_CONV3, TSM_CONV4, TSM_CONV5 = (512, 8, 28, 28), (1024, 8, 14, 14), (2048, 8, 7, 7)
 MF_CONV3, MF_CONV4 = (192, 8, 28, 28), (384, 8, 14, 14)  # MF-Net halves time in conv2
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Counting runs real full-size forwards. CPU matmul handles CCA-3D's permuted line products
+    one tiny matrix at a time; with 2 threads on a busy machine that took seconds per forward
+    instead of ~0.1 s. One thread is fast and steady, and the counts do not depend on it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def cca_macs(n: int, c: int, t: int, h: int, w: int, inner: int, value: int) -> int:
