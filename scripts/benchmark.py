@@ -7,11 +7,9 @@ modules  Forward + backward time (median of --repeats runs after --warmup) and p
          (peak = torch.cuda.max_memory_allocated), else on the CPU (peak = the largest
          total of live tensors allocated during the pass, from torch.profiler's memory
          events). Memory counts what the pass allocates on top of the input and weights.
-         CPU runs use one thread unless --threads says otherwise: CPU matmul handles
-         CCA-3D's permuted line products one tiny matrix at a time (thousands per call),
-         and with 2 threads on a machine busy with other work RCCA-3D ran 15-30x slower
-         than with one (load 3-4 on 2 cores), so multi-threaded CPU timings there measure
-         the load more than the modules.
+         CPU runs use all of torch's threads unless --threads says otherwise; on a CPU shared
+         with other work, multi-threaded timings measure the load more than the modules
+         (the load average is printed before and after).
 data     Decode + augmentation throughput (clips/s) of the training pipeline
          (VideoDataset -> build_loader, MultiScaleCrop to 224, flip) on 320x240 MPEG-4
          videos it writes to a temporary folder: 8-frame TSM segment clips and 16-frame
@@ -243,7 +241,7 @@ def main(argv: list[str] | None = None) -> None:
     modules.add_argument("--repeats", type=int, default=5)
     modules.add_argument("--warmup", type=int, default=1)
     modules.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    modules.add_argument("--threads", type=int, default=1, help="CPU threads (default 1, see the docstring)")
+    modules.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
     data = commands.add_parser("data", help="decord vs PyAV: loader throughput")
     data.add_argument("--videos", type=int, default=20)
     data.add_argument("--video-frames", type=int, default=90)

@@ -168,7 +168,7 @@ class Trainer:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return metrics
+        return metrics or self.validate()  # a resumed run that had already finished still reports
 
     def _request_stop(self, signum: int, frame) -> None:
         log.warning("received signal %d: saving last.pt after the current step", signum)
