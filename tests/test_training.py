@@ -174,3 +174,28 @@ def test_video_scores_are_mean_of_view_probabilities_counted_once():
     assert wrong["top1"] == pytest.approx(200 / 3)
     assert wrong["per_class_accuracy"] == {"x": 50.0, "y": 100.0}
     assert wrong["mean_class_accuracy"] == pytest.approx(75.0)
+
+
+class HangingDataset(PointsDataset):
+    """Item 5 never finishes loading, like a decoder stuck on a malformed file."""
+
+    def __getitem__(self, key):
+        if key[1] == 5:
+            import time
+
+            time.sleep(3600)
+        return super().__getitem__(key)
+
+
+def test_hung_worker_stops_the_run_with_a_resumable_error(tmp_path):
+    dataset = HangingDataset()
+    sampler = EpochSampler(len(dataset), shuffle=False)
+    loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=1, timeout=2)
+    cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, log_every=1000, progress=False)
+    trainer = Trainer(
+        LinearClassifier(), loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(), ScheduleConfig(), tmp_path, {},
+        torch.device("cpu"),
+    )
+    with pytest.raises(UserError, match=r"data loading failed in epoch 1 .*resume=auto"):
+        trainer.fit()
+    assert trainer.progress.step == 1  # the batch before the hung one was trained on

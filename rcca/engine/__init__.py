@@ -1,1 +1,1 @@
-"""engine"""
+"""Running experiments: trainer, video-level evaluation, optimizer, checkpoints, distributed helpers."""
