@@ -187,15 +187,16 @@ class Trainer:
             unit="batch",
             disable=not (self.cfg.progress and sys.stderr.isatty() and is_main_process()),
         )
-        window = {"loss": 0.0, "correct": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
+        window = self._new_window()
         tick = time.perf_counter()
         for batch in self.train_loader:
             if self.progress.batches_in_epoch >= total_batches:
                 break  # the last incomplete accumulation group of the epoch is not used
             window["wait"] += time.perf_counter() - tick
-            loss, correct = self._micro_step(batch)
+            loss, correct1, correct5 = self._micro_step(batch)
             window["loss"] += loss * len(batch["label"])
-            window["correct"] += correct
+            window["correct1"] += correct1
+            window["correct5"] += correct5
             window["clips"] += len(batch["label"])
             for path in batch["failed"]:
                 if path:
@@ -208,7 +209,7 @@ class Trainer:
                     self.save("last.pt")
                 if self.progress.step % self.cfg.log_every == 0:
                     self._log_window(window, bar)
-                    window = {"loss": 0.0, "correct": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
+                    window = self._new_window()
                 if self.stop_requested:
                     bar.close()
                     return
@@ -217,7 +218,12 @@ class Trainer:
         self.progress.epoch += 1
         self.progress.batches_in_epoch = 0
 
-    def _micro_step(self, batch: dict) -> tuple[float, int]:
+    @staticmethod
+    def _new_window() -> dict:
+        """Running sums between two log points."""
+        return {"loss": 0.0, "correct1": 0, "correct5": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
+
+    def _micro_step(self, batch: dict) -> tuple[float, int, int]:
         """Forward and backward one micro-batch; DDP syncs gradients only on the last of a group."""
         clips = batch["clip"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
@@ -233,7 +239,8 @@ class Trainer:
                     f"last good checkpoint: {self.run_dir / 'last.pt'}; lower optimizer.lr or set optimizer.clip_grad_norm"
                 )
             self.scaler.scale(loss / self.accumulation).backward()
-        return loss.item(), int(topk_correct(logits.detach(), labels, 1).sum().item())
+        logits = logits.detach()
+        return loss.item(), int(topk_correct(logits, labels, 1).sum()), int(topk_correct(logits, labels, 5).sum())
 
     def _update(self) -> None:
         if self.optimizer_cfg.clip_grad_norm:
@@ -250,7 +257,8 @@ class Trainer:
         clips = max(1, window["clips"])
         values = {
             "train/loss": reduce_mean(window["loss"] / clips, self.device),
-            "train/top1": reduce_mean(100.0 * window["correct"] / clips, self.device),
+            "train/top1": reduce_mean(100.0 * window["correct1"] / clips, self.device),
+            "train/top5": reduce_mean(100.0 * window["correct5"] / clips, self.device),
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/clips_per_s": window["clips"] * self.world_size / max(elapsed, 1e-9),
             "train/data_wait_fraction": window["wait"] / max(elapsed, 1e-9),
