@@ -10,8 +10,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from hydra.errors import HydraException
+from omegaconf import MISSING, DictConfig
+from omegaconf.errors import OmegaConfBaseException
+
+from rcca.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
 
 @dataclass
@@ -104,7 +113,7 @@ class TrainerConfig:
 class TestConfig:
     num_clips: int = 1  # clips per video at test time, spread uniformly
     num_crops: int = 1  # crops per clip: 1 (centre), 3 or 10
-    batch_size: int = 8  # videos per evaluation batch
+    batch_size: int = 8  # videos per evaluation batch (lowered so that a batch holds at most 64 views)
     resize_short: int = 256  # test-time short-side resize before cropping
 
 
@@ -135,3 +144,13 @@ class Config:
 def register_configs() -> None:
     """Register the root schema as `base_config` in Hydra's ConfigStore (first in config.yaml's defaults)."""
     ConfigStore.instance().store(name="base_config", node=Config)
+
+
+def compose_config(overrides: list[str]) -> DictConfig:
+    """The config `train.py` would run with these Hydra overrides (for scripts); a bad override is a UserError."""
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+            return compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise UserError(str(error)) from None

@@ -34,28 +34,14 @@ if str(ROOT) not in sys.path:
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised when fvcore is imported
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
-from rcca.config import register_configs  # noqa: E402
+from rcca.config import compose_config  # noqa: E402
 from rcca.engine.launch import user_errors  # noqa: E402
-from rcca.errors import UserError  # noqa: E402
 from rcca.models.build import build_model  # noqa: E402
 from rcca.models.complexity import complexity_report, format_report  # noqa: E402
 
 PAPER_SIZE = 224
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config train.py would run with these overrides; a bad override is a UserError."""
-    register_configs()
-    try:
-        with initialize_config_dir(version_base=None, config_dir=str(ROOT / "configs"), job_name="complexity"):
-            return compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise UserError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> None:

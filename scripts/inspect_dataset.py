@@ -23,29 +23,15 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a plain script from anywhere: make `rcca` importable
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra.errors import HydraException  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-from omegaconf.errors import OmegaConfBaseException  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from rcca.config import register_configs  # noqa: E402
+from rcca.config import compose_config  # noqa: E402
 from rcca.data.build import missing_videos, read_annotations  # noqa: E402
 from rcca.data.decoding import BACKENDS, DecodeError, read_frames  # noqa: E402
 from rcca.engine.launch import check_required, user_errors  # noqa: E402
 from rcca.errors import UserError  # noqa: E402
 
 SHOWN = 5  # paths listed for each kind of problem
-
-
-def compose_config(overrides: list[str]) -> DictConfig:
-    """The config train.py would run with these Hydra overrides."""
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(REPO / "configs"), version_base=None):
-            return compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise UserError(str(error)) from None
 
 
 def find_undecodable(root: Path, paths: list[str], backend: str) -> dict[str, str]:

@@ -17,13 +17,17 @@ TINY = [
     "dataset.synthetic.frames=12",
     "trainer.batch_size=4",
     "trainer.effective_batch_size=8",
-    "trainer.num_workers=0",
     "test.batch_size=4",
 ]
 
 
 def run_entry(script: str, *overrides: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run train.py / test.py / a script in a subprocess from the repository root."""
+    """Run train.py / test.py / a script in a subprocess from the repository root.
+
+    Runs with no DataLoader workers unless the overrides set trainer.num_workers.
+    """
+    if not any(o.startswith("trainer.num_workers=") for o in overrides) and script == "train.py":
+        overrides = (*overrides, "trainer.num_workers=0")
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     result = subprocess.run(
         [sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env

@@ -257,3 +257,20 @@ def test_load_dataset_drops_missing_videos_when_allowed(root: Path) -> None:
     assert [r.path for r in annotations.train] == [GOOD[0], GOOD[1]]
     assert [r.path for r in annotations.test] == [GOOD[2], GOOD[3]]
     assert [r.label for r in annotations.train] == [0, 0] and [r.label for r in annotations.test] == [1, 0]
+
+
+def test_synthetic_generator_never_replaces_a_foreign_folder(tmp_path):
+    from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
+    from rcca.errors import UserError
+
+    videos = tmp_path / "my_videos"
+    (videos / "Basketball").mkdir(parents=True)
+    (videos / "Basketball" / "v_1.avi").write_bytes(b"precious")
+    with pytest.raises(UserError, match="did you forget dataset="):
+        ensure_synthetic_dataset(videos, SyntheticSpec(num_train=2, num_test=2, frames=4), progress=False)
+    assert (videos / "Basketball" / "v_1.avi").read_bytes() == b"precious"
+    # Its own cache, made from another spec, is replaced.
+    cache = tmp_path / "cache"
+    ensure_synthetic_dataset(cache, SyntheticSpec(num_train=2, num_test=2, frames=4), progress=False)
+    ensure_synthetic_dataset(cache, SyntheticSpec(num_train=3, num_test=2, frames=4), progress=False)
+    assert len((cache / "train.txt").read_text().splitlines()) == 3

@@ -36,7 +36,7 @@ def test_train_writes_outputs_and_test_reads_them(tmp_path, synthetic_cache):
 
     # test.py needs only the checkpoint: the model config comes from it.
     test_dir = tmp_path / "test"
-    result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "test.num_crops=3")
+    result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "test.num_crops=3", "experiment=none")
     assert "1 clips x 3 crops" in result.stdout
     tested = json.loads((test_dir / "metrics.json").read_text())
     assert tested["num_videos"] == 16 and tested["num_crops"] == 3
@@ -60,6 +60,8 @@ def test_user_errors_are_one_line(tmp_path):
     assert result.returncode != 0 and "recurence" in result.stderr
     result = run_entry("train.py", "module.positions=[conv9_1]", f"hydra.run.dir={tmp_path}", check=False)
     assert result.returncode == 2 and "valid: conv2_1" in result.stderr
+    result = run_entry("train.py", "data.crop_size=96", f"hydra.run.dir={tmp_path}", check=False)
+    assert result.returncode == 2 and "data.crop_size=96 is larger than test.resize_short=64" in result.stderr
 
 
 def _wait_for(condition, timeout: float) -> None:
@@ -85,7 +87,7 @@ def _step(path: Path) -> int:
 
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synthetic_cache):
     # 32 videos / batch 8 = 4 updates per epoch; checkpoints after every update.
-    common = ("trainer.epochs=2", "trainer.checkpoint_every=1", "backbone.dropout=0.5")
+    common = ("trainer.epochs=2", "trainer.checkpoint_every=1", "backbone.dropout=0.5", "trainer.num_workers=2")
     full_dir, _ = tiny_run(tmp_path, synthetic_cache, "full", *common)
 
     killed_dir = tmp_path / "killed"

@@ -144,7 +144,7 @@ class ValueToLogits(nn.Module):
         return torch.cat([v.log(), (1 - v).log()], dim=1)
 
 
-def test_video_scores_are_mean_of_view_probabilities_counted_once():
+def test_video_scores_are_mean_of_view_probabilities():
     # 3 videos x 2 views; with 2 ranks, EpochSampler pads rank 1 with video 0 again.
     views = [[0.9, 0.5], [0.2, 0.4], [0.3, 0.9]]
     labels = [0, 1, 0]
@@ -199,3 +199,36 @@ def test_hung_worker_stops_the_run_with_a_resumable_error(tmp_path):
     with pytest.raises(UserError, match=r"data loading failed in epoch 1 .*resume=auto"):
         trainer.fit()
     assert trainer.progress.step == 1  # the batch before the hung one was trained on
+
+
+class ViewsWithFailure(ViewsDataset):
+    """ViewsDataset in which video 3 could not be decoded (ok=False, zero views)."""
+
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        if item["index"] == 3:
+            item.update(ok=False, failed="v3.mp4", clip=torch.zeros_like(item["clip"]) + 0.5)
+        return item
+
+
+def _distributed_evaluation_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    dataset = ViewsWithFailure([[0.9, 0.5], [0.2, 0.4], [0.3, 0.9], [0.5, 0.5], [0.8, 0.6]], [0, 1, 0, 1, 0])
+    loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(5, False, rank=rank, world_size=2))
+    scores, labels, indices, failed = predict_videos(ValueToLogits(), loader, torch.device("cpu"))
+    if rank == 0:
+        torch.save({"scores": scores, "labels": labels, "indices": indices, "failed": failed}, out)
+    dist.destroy_process_group()
+
+
+def test_distributed_evaluation_counts_each_video_once_and_gathers_failures(tmp_path):
+    # 5 videos on 2 ranks: rank 0 gets 0, 2, 4; rank 1 gets 1, 3 and video 0 again as padding.
+    out = tmp_path / "eval.pt"
+    mp.spawn(_distributed_evaluation_worker, args=(29500 + (os.getpid() + 7) % 1000, str(out)), nprocs=2, join=True)
+    result = torch.load(out)
+    assert result["indices"] == [0, 1, 2, 4]
+    assert result["failed"] == ["v3.mp4"]
+    assert result["labels"].tolist() == [0, 1, 0, 0]
+    expected_first_class = [0.7, 0.3, 0.6, 0.7]  # mean over the two views of each video
+    assert result["scores"][:, 0].tolist() == pytest.approx(expected_first_class)

@@ -35,6 +35,7 @@ class ClipSampling:
         return sample_train_clip(num_video_frames, self.sampling, self.num_frames, self.interval, rng)
 
     def test_indices(self, num_video_frames: int, rng: np.random.Generator, num_clips: int) -> list[int]:
+        """All test clips' indices, concatenated; deterministic (`rng` is part of the sampler signature only)."""
         clips = sample_test_clips(num_video_frames, num_clips, self.sampling, self.num_frames, self.interval)
         return [i for clip in clips for i in clip]
 

@@ -21,12 +21,15 @@ import av
 import numpy as np
 from tqdm import tqdm
 
+from rcca.errors import UserError
+
 AXES = ("horizontal", "vertical")
 MOTIONS = ("approach", "separate", "forward", "backward")
 CLASSES = [f"{axis}_{motion}" for axis in AXES for motion in MOTIONS]
 # Direction (+1 towards larger coordinates) of the first and second square for each motion.
 DIRECTIONS = {"approach": (1, -1), "separate": (-1, 1), "forward": (1, 1), "backward": (-1, -1)}
 SQUARE = 8  # side of a square in pixels
+MARKER = ".rcca-synthetic"  # marks a folder as this generator's cache (only such folders are ever replaced)
 
 
 @dataclass(frozen=True)
@@ -86,8 +89,16 @@ def ensure_synthetic_dataset(root: Path, spec: SyntheticSpec, progress: bool = T
     spec_file = root / "spec.json"
     if spec_file.is_file() and json.loads(spec_file.read_text()) == asdict(spec):
         return root
+    marker = root / MARKER
+    if root.exists() and any(root.iterdir()) and not (marker.exists() or spec_file.exists()):
+        raise UserError(
+            f"dataset.root={root} holds files that the synthetic generator did not make; it only writes into an "
+            "empty folder or its own cache (did you forget dataset=<name>?)"
+        )
     if root.exists():
-        shutil.rmtree(root)
+        shutil.rmtree(root)  # our own cache, made from another spec or interrupted
+    root.mkdir(parents=True)
+    marker.touch()
     rng = np.random.default_rng(spec.seed)
     lists: dict[str, list[str]] = {"train": [], "test": []}
     jobs = [("train", i) for i in range(spec.num_train)] + [("test", i) for i in range(spec.num_test)]

@@ -47,6 +47,24 @@ def gather_concat(tensor: torch.Tensor) -> torch.Tensor:
     return torch.cat([g[: int(s.item())] for g, s in zip(gathered, sizes)])
 
 
+def gather_lists(items: list) -> list:
+    """Concatenate a picklable list from every process, in rank order."""
+    if not is_distributed():
+        return items
+    gathered: list[list] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in part]
+
+
+def any_process(flag: bool, device: torch.device) -> bool:
+    """True on every process when `flag` is true on at least one (e.g. a stop signal reached one rank)."""
+    if not is_distributed():
+        return flag
+    tensor = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
 def reduce_mean(value: float, device: torch.device) -> float:
     """Average a Python number over processes."""
     if not is_distributed():

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from rcca.engine.distributed import gather_concat
+from rcca.engine.distributed import gather_concat, gather_lists
 
 
 def topk_correct(scores: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -84,6 +84,7 @@ def predict_videos(
     labels = gather_concat(torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long, device=device))
     indices = gather_concat(torch.cat(all_indices) if all_indices else torch.zeros(0, dtype=torch.long, device=device))
     unique, first = _first_occurrence(indices)
+    failed = sorted(set(gather_lists(failed)))  # sampler padding can repeat a video
     return scores[first].cpu(), labels[first].cpu(), unique.tolist(), failed
 
 

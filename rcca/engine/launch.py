@@ -34,16 +34,23 @@ def user_errors():
     try:
         yield
     except (UserError, FileNotFoundError, ValueError) as error:
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        # An error raised in a DataLoader worker arrives wrapped: its own message is the last line.
+        message = lines[-1] if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] else lines[0]
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
 
 
 def check_required(cfg: DictConfig) -> None:
-    """Fail with the key's name when a mandatory value (???) was not given."""
+    """Fail before any work with the key's name: mandatory values (???) and sizes that cannot work."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset")
+    if cfg.data.crop_size > cfg.test.resize_short:
+        raise UserError(
+            f"data.crop_size={cfg.data.crop_size} is larger than test.resize_short={cfg.test.resize_short}: "
+            "test crops are cut from the resized frames; raise test.resize_short or lower data.crop_size"
+        )
 
 
 def resolve_device(name: str) -> torch.device:
@@ -60,13 +67,26 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+MAX_VIEWS_PER_BATCH = 64  # host memory: 64 views of 8 x 224 x 224 float32 clips are about 300 MB
+
+
+def evaluation_batch_size(cfg: Config) -> int:
+    """Videos per evaluation batch: test.batch_size, lowered so a batch holds at most 64 views."""
+    views = cfg.test.num_clips * cfg.test.num_crops
+    size = max(1, min(cfg.test.batch_size, MAX_VIEWS_PER_BATCH // views))
+    if size < cfg.test.batch_size:
+        log.info("evaluating %d videos per batch (%d views each) to bound host memory", size, views)
+    return size
+
+
 def make_datasets(cfg: Config, progress: bool):
     """Annotations -> (train dataset, test dataset, class names) for a run config."""
     root, annotations = load_dataset(cfg.dataset, progress=progress)
     clip = ClipSampling(cfg.backbone.sampling, cfg.backbone.num_frames, cfg.backbone.frame_interval)
     train_set, test_set = build_datasets(
-        root, annotations, cfg.dataset.backend, clip, cfg.data.crop_size, list(cfg.data.scales), cfg.dataset.flip,
-        cfg.test.resize_short, cfg.test.num_clips, cfg.test.num_crops, cfg.seed,
+        root, annotations, backend=cfg.dataset.backend, clip=clip, crop_size=cfg.data.crop_size,
+        scales=list(cfg.data.scales), flip=cfg.dataset.flip, resize_short=cfg.test.resize_short,
+        num_clips=cfg.test.num_clips, num_crops=cfg.test.num_crops, seed=cfg.seed,
     )
     return train_set, test_set, annotations.classes
 
@@ -98,7 +118,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
         train_set, test_set, classes = make_datasets(cfg, progress=main and sys.stderr.isatty())
     loader_args = (cfg.trainer.num_workers, cfg.seed, rank, world_size, cfg.trainer.data_timeout)
     train_loader = build_loader(train_set, cfg.trainer.batch_size, True, *loader_args)
-    test_loader = build_loader(test_set, cfg.test.batch_size, False, *loader_args)
+    test_loader = build_loader(test_set, evaluation_batch_size(cfg), False, *loader_args)
     model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
     if cfg.init_from:
         report = load_pretrained(model, cfg.init_from, cfg.init_from_format)
@@ -158,7 +178,8 @@ def checkpoint_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> Dic
     merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
     for override in overrides:
         key = override.split("=", 1)[0].lstrip("+~")
-        if key.split(".")[0] in ("backbone", "module", "hydra"):
+        section = key.split(".")[0]
+        if section in ("backbone", "module") or section not in merged:  # model, hydra.*, experiment=...
             continue
         OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     return merged
@@ -174,9 +195,17 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     device = resolve_device(run_cfg.trainer.device)
     _, test_set, classes = make_datasets(run_cfg, progress=sys.stderr.isatty())
     model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
-    model.load_state_dict(saved["model"])
+    try:
+        model.load_state_dict(saved["model"])
+    except RuntimeError:
+        raise UserError(
+            f"ckpt={cfg.ckpt}: its weights do not fit dataset.num_classes={run_cfg.dataset.num_classes}; "
+            "evaluate on a dataset with the checkpoint's classes"
+        ) from None
     model.to(device)
-    loader = build_loader(test_set, run_cfg.test.batch_size, False, run_cfg.trainer.num_workers, run_cfg.seed)
+    loader = build_loader(
+        test_set, evaluation_batch_size(run_cfg), False, run_cfg.trainer.num_workers, run_cfg.seed, timeout=run_cfg.trainer.data_timeout
+    )
     loader.sampler.set_epoch(0)
     scores, labels, indices, failed = predict_videos(model, loader, device, progress=sys.stderr.isatty())
     metrics = video_metrics(scores, labels, classes)

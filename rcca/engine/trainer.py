@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.engine.checkpoints import rng_state, save_checkpoint, set_rng_state
-from rcca.engine.distributed import is_main_process, reduce_mean
+from rcca.engine.distributed import any_process, gather_lists, is_main_process, reduce_mean
 from rcca.engine.evaluation import predict_videos, topk_correct, video_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
 from rcca.errors import UserError
@@ -90,8 +90,9 @@ class Trainer:
         self.updates_per_epoch = len(train_loader) // self.accumulation
         if self.updates_per_epoch == 0:
             raise UserError(
-                f"trainer.effective_batch_size={trainer_cfg.effective_batch_size} is larger than the training set "
-                f"({len(train_loader.dataset)} videos): lower it"
+                f"one update needs trainer.effective_batch_size={trainer_cfg.effective_batch_size} clips "
+                f"(trainer.batch_size={trainer_cfg.batch_size} x {self.accumulation} steps x {world_size} processes) but "
+                f"each process has {len(train_loader.sampler)} training videos: lower these sizes"
             )
         self.bare_model = model  # without wrappers: parameter names, checkpoints, gammas
         self.model = runner if runner is not None else model
@@ -103,6 +104,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
         self.progress = Progress()
         self.stop_requested = False
+        self.failed_train: set[str] = set()  # undecodable training videos seen by this process
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -199,8 +201,9 @@ class Trainer:
             window["correct5"] += correct5
             window["clips"] += len(batch["label"])
             for path in batch["failed"]:
-                if path:
-                    log.warning("replaced undecodable training video %s", path)
+                if path and path not in self.failed_train:
+                    self.failed_train.add(path)
+                    log.warning("replaced undecodable training video %s (reported once)", path)
             self.progress.batches_in_epoch += 1
             bar.update(1)
             if self.progress.batches_in_epoch % self.accumulation == 0:
@@ -210,6 +213,7 @@ class Trainer:
                 if self.progress.step % self.cfg.log_every == 0:
                     self._log_window(window, bar)
                     window = self._new_window()
+                self.stop_requested = any_process(self.stop_requested, self.device)  # all ranks stop together
                 if self.stop_requested:
                     bar.close()
                     return
@@ -262,6 +266,7 @@ class Trainer:
             "train/lr": self.optimizer.param_groups[0]["lr"],
             "train/clips_per_s": window["clips"] * self.world_size / max(elapsed, 1e-9),
             "train/data_wait_fraction": window["wait"] / max(elapsed, 1e-9),
+            "train/undecodable_videos": len(self.failed_train),
         }
         for name, module in self.bare_model.named_modules():
             if isinstance(module, RCCA3D):
@@ -289,6 +294,7 @@ class Trainer:
         )
         metrics = video_metrics(scores, labels, self.class_names)
         metrics["failed_videos"] = failed
+        metrics["train_failed_videos"] = sorted(set(gather_lists(sorted(self.failed_train))))
         if is_main_process():
             log.info(
                 "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%d videos%s)",
