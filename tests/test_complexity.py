@@ -142,8 +142,6 @@ def test_complexity_script_on_tsm_r50_rcca() -> None:
     assert module["params"] == 393_985
     assert module["macs"] == 3 * cca_step_macs(TSM_CONV3)
     assert module["macs"] == pytest.approx(8.15e9, rel=0.01)
-    assert report["backbone_macs"] == report["macs"] - module["macs"]
     assert report["backbone_macs"] == pytest.approx(33.0e9, rel=0.01)
-    assert report["paper_flops"] == report["backbone_macs"] + 2 * module["macs"]
     assert report["paper_flops"] == pytest.approx(49.3e9, rel=0.01)
     assert "own position" in result.stdout  # the T+H+W vs T+H+W-2 note
