@@ -147,7 +147,9 @@ def train(cfg: Config, run_dir: Path) -> dict:
         if resume_path.is_file():
             trainer.load_state_dict(load_checkpoint(resume_path))
             log.info("resumed from %s at epoch %d, update %d", resume_path, trainer.progress.epoch, trainer.progress.step)
-        elif cfg.resume != "auto":
+        elif cfg.resume == "auto":
+            log.info("resume=auto: no %s yet, starting from scratch", resume_path)
+        else:
             raise UserError(f"resume={resume_path}: file not found")
     metrics = trainer.fit()
     if main:

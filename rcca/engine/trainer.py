@@ -146,31 +146,30 @@ class Trainer:
         metrics: dict = {}
         try:
             while self.progress.epoch < self.cfg.epochs:
-                try:
-                    self._train_epoch()
-                except RuntimeError as error:
-                    if "DataLoader" not in str(error):
-                        raise
-                    raise UserError(
-                        f"data loading failed in epoch {self.progress.epoch + 1} ({str(error).splitlines()[0]}); "
-                        f"the last checkpoint is {self.run_dir / 'last.pt'}: continue with resume=auto"
-                    ) from None
+                self._train_epoch()
                 if self.stop_requested:
                     self.save("last.pt")
                     log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")
                     sys.exit(143)
+                self.save("last.pt")  # the epoch is safe before validation starts
                 epoch = self.progress.epoch
                 if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
                     metrics = self.validate()
-                    improved = metrics["top1"] > self.progress.best_top1
-                    self.progress.best_top1 = max(self.progress.best_top1, metrics["top1"])
-                    if improved:
+                    if metrics["top1"] > self.progress.best_top1:
+                        self.progress.best_top1 = metrics["top1"]
                         self.save("best.pt")
-                self.save("last.pt")
+                        self.save("last.pt")  # keeps best_top1 current for a resumed run
+            return metrics or self.validate()  # a resumed run that had already finished still reports
+        except RuntimeError as error:
+            if "DataLoader" not in str(error):
+                raise
+            raise UserError(
+                f"data loading failed in epoch {self.progress.epoch + 1} ({str(error).splitlines()[0]}); "
+                f"the last checkpoint is {self.run_dir / 'last.pt'}: continue with resume=auto"
+            ) from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        return metrics or self.validate()  # a resumed run that had already finished still reports
 
     def _request_stop(self, signum: int, frame) -> None:
         log.warning("received signal %d: saving last.pt after the current step", signum)
