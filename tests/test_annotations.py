@@ -90,19 +90,15 @@ def test_ucf101_crlf_parses_like_lf(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("split", "count", "groups"), [(2, 3734, range(8, 15)), (3, 3696, range(15, 22))]
+    ("split", "train_count", "test_count", "groups"),
+    [(2, 9586, 3734, range(8, 15)), (3, 9624, 3696, range(15, 22))],
 )
-def test_ucf101_test_lists_of_splits_2_and_3(
-    tmp_path: Path, split: int, count: int, groups: range
-) -> None:
-    # Only the test lists of splits 2/3 are in the fixtures; a one-line train list stands in.
-    shutil.copy(UCF / "classInd.txt", tmp_path)
-    shutil.copy(UCF / f"testlist0{split}.txt", tmp_path)
-    (tmp_path / f"trainlist0{split}.txt").write_text("YoYo/v_YoYo_g01_c01.avi 101\n")
-    ann = load_ucf101(tmp_path, split)
-    assert len(ann.test) == count
+def test_ucf101_splits_2_and_3(split: int, train_count: int, test_count: int, groups: range) -> None:
+    ann = load_ucf101(UCF, split)
+    assert (len(ann.train), len(ann.test)) == (train_count, test_count)
     assert {_group(r.path) for r in ann.test} == set(groups)
-    assert ann.train == [VideoRecord("YoYo/v_YoYo_g01_c01.avi", 100)]
+    assert {_group(r.path) for r in ann.train} == set(range(1, 26)) - set(groups)
+    assert len(ann.classes) == 101
 
 
 def test_ucf101_bad_split_names_valid_values() -> None:
