@@ -103,8 +103,8 @@ class TrainerConfig:
     log_every: int = 10  # optimizer updates between log lines / TensorBoard points
     checkpoint_every: int = 0  # also write last.pt every N optimizer updates (0: at epoch ends only)
     progress: bool = True  # progress bar when the output is a terminal (plain log lines otherwise)
-    amp: str = "off"  # mixed precision on GPUs: off, bf16 or fp16 (fp16 uses a gradient scaler)
-    channels_last: bool = False  # channels-last memory format on GPUs
+    amp: str = "off"  # mixed precision: off, bf16 or fp16 (fp16 adds a gradient scaler); meant for GPUs, also runs on CPUs
+    channels_last: bool = False  # channels-last weights (NHWC for 2D, NDHWC for 3D convolutions); pays off on GPUs
     compile: bool = False  # torch.compile the model
     sync_bn: bool = False  # synchronise BatchNorm statistics across processes (the paper keeps them per GPU)
 

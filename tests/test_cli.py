@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import REPO, TINY, run_entry
@@ -138,3 +139,51 @@ def test_init_from_with_other_class_count_reinitialises_classifier(tmp_path, syn
     tuned = torch.load(run_dir / "last.pt", weights_only=False)["model"]
     assert tuned["fc.weight"].shape == (2, source["fc.weight"].shape[1])
     assert tuned["layer1.0.conv1.weight"].shape == source["layer1.0.conv1.weight"].shape
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_channels_last_and_mixed_precision_run_resume_and_test(tmp_path, synthetic_cache, device):
+    # A float32 run resumed with fp16: its checkpoint has no scaler state, so the scale starts afresh.
+    common = ("trainer.channels_last=true", f"trainer.device={device}")
+    run_dir, _ = tiny_run(tmp_path, synthetic_cache, "mixed", "trainer.epochs=1", *common)
+    assert torch.load(run_dir / "last.pt", weights_only=False)["scaler"] == {}
+    _, result = tiny_run(tmp_path, synthetic_cache, "mixed", "trainer.epochs=2", "trainer.amp=fp16", "resume=auto", *common)
+    assert "done: 2 epochs" in result.stdout
+    saved = torch.load(run_dir / "last.pt", weights_only=False)
+    assert saved["epoch"] == 2 and saved["config"]["trainer"]["amp"] == "fp16"
+    scaler = saved["scaler"]
+    assert scaler["scale"] < 2.0**16 or scaler["_growth_tracker"] > 0  # it moved from its initial state: it stepped
+
+    test_dir = tmp_path / "test_bf16"
+    run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "trainer.amp=bf16", f"trainer.device={device}")
+    assert json.loads((test_dir / "metrics.json").read_text())["num_videos"] == 16
+    result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "trainer.amp=fp8", check=False)
+    assert result.returncode == 2 and "trainer.amp='fp8': choose one of off, bf16, fp16" in result.stderr
+
+
+needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+
+
+@pytest.mark.parametrize(
+    "device, extra",
+    [("cpu", ()), pytest.param("cuda", ("trainer.amp=bf16", "trainer.channels_last=true"), marks=needs_two_gpus)],
+)
+def test_torchrun_two_processes(tmp_path, synthetic_cache, device, extra):
+    # gloo on CPUs, NCCL on GPUs; 2 processes x batch 4 = the effective batch of 8 (no accumulation).
+    run_dir = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
+        *TINY, f"data.cache_dir={synthetic_cache}", f"hydra.run.dir={run_dir}", "trainer.epochs=1",
+        "trainer.num_workers=0", f"trainer.device={device}", *extra,
+    ]
+    result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("done: 1 epochs") == 1  # rank 0 alone reports
+    saved = torch.load(run_dir / "last.pt", weights_only=False)
+    assert saved["step"] == 4  # 32 videos / (2 processes x 4 clips) = 4 updates, no accumulation
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["num_videos"] == 16  # each test video counted once across the two processes

@@ -12,12 +12,13 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
+from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.data.samplers import EpochSampler
 from rcca.engine.evaluation import _first_occurrence, predict_videos, video_metrics
 from rcca.engine.optim import lr_factor
 from rcca.engine.trainer import Trainer, TrainingDiverged, accumulation_steps
 from rcca.errors import UserError
+from rcca.models.build import build_model, to_channels_last
 
 
 class PointsDataset(Dataset):
@@ -51,21 +52,29 @@ class LinearClassifier(nn.Module):
         return self.fc(torch.tanh(self.hidden(x.flatten(1))))
 
 
-def one_update(batch_size: int, effective: int, rank: int = 0, world_size: int = 1, tmp: Path | None = None, scale=1.0):
-    """Train exactly one optimizer update and return the weights."""
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
+
+
+def one_update(
+    batch_size: int, effective: int, rank: int = 0, world_size: int = 1, tmp: Path | None = None, scale=1.0,
+    amp: str = "off", clip: float | None = None, device: str = "cpu",
+):
+    """Train exactly one optimizer update and return the weights (on the CPU)."""
     dataset = PointsDataset(scale=scale)
     loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), True, 0, rank, world_size))
-    model = LinearClassifier()
+    model = LinearClassifier().to(device)
     runner = nn.parallel.DistributedDataParallel(model) if world_size > 1 else None
-    cfg = TrainerConfig(epochs=1, batch_size=batch_size, effective_batch_size=effective, log_every=1000, progress=False)
+    cfg = TrainerConfig(epochs=1, batch_size=batch_size, effective_batch_size=effective, log_every=1000, progress=False, amp=amp)
     trainer = Trainer(
-        model, loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=None),
-        ScheduleConfig(), tmp or Path("."), {}, torch.device("cpu"), world_size, None, runner,
+        model, loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=clip),
+        ScheduleConfig(), tmp or Path("."), {}, torch.device(device), world_size, None, runner,
     )
+    assert trainer.scaler.is_enabled() == (amp == "fp16")
     trainer.updates_per_epoch = 1
     trainer._train_epoch()
     assert trainer.progress.step == 1
-    return {k: v.clone() for k, v in model.state_dict().items()}
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
 def _distributed_worker(rank: int, port: int, out: str) -> None:
@@ -91,6 +100,54 @@ def test_accumulation_equals_one_big_batch(tmp_path):
     distributed = torch.load(out)
     for key in reference:
         torch.testing.assert_close(distributed[key], reference[key], rtol=1e-5, atol=1e-6)
+
+
+def _relative_difference(update: dict, reference: dict, start: dict) -> float:
+    """|update - reference| / |reference - start| over all weights, as parameter vectors."""
+    delta = torch.cat([(update[k] - start[k]).flatten() for k in start])
+    expected = torch.cat([(reference[k] - start[k]).flatten() for k in start])
+    return float((delta - expected).norm() / expected.norm())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("amp, tolerance", [("fp16", 0.01), ("bf16", 0.05)])
+def test_mixed_precision_update_matches_float32(device, amp, tolerance):
+    # An fp16 update goes through the gradient scaler: a missing unscale (before clipping or
+    # stepping) would make the update 2**16 times too large or clip the wrong norm.
+    start = LinearClassifier().state_dict()
+    for clip in (None, 0.05):
+        reference = one_update(batch_size=2, effective=8, clip=clip, device=device)
+        mixed = one_update(batch_size=2, effective=8, clip=clip, device=device, amp=amp)
+        assert _relative_difference(mixed, reference, start) < tolerance, clip
+    unclipped = one_update(batch_size=2, effective=8, device=device)
+    assert _relative_difference(reference, unclipped, start) > 0.5  # the clip above was active
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backbone", ["tsm", "mfnet"])
+def test_channels_last_keeps_outputs_and_gradients(device, backbone):
+    frames = 8 if backbone == "tsm" else 16
+    cfg = BackboneConfig(name=backbone, depth=18, width=16, num_frames=frames, dropout=0.0)
+    torch.manual_seed(0)
+    # Double precision, so that only a layout error, not summation order, could change the numbers.
+    model = build_model(cfg, ModuleConfig(name="rcca", positions=["conv3_1"]), num_classes=5).to(device, torch.float64)
+    clips = torch.randn(2, 3, frames, 48, 48, device=device, dtype=torch.float64)
+    labels = torch.tensor([1, 3], device=device)
+    reference = model(clips)
+    nn.functional.cross_entropy(reference, labels).backward()
+    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad()
+    to_channels_last(model)
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    assert convs and all(
+        m.weight.is_contiguous(memory_format=torch.channels_last if m.weight.dim() == 4 else torch.channels_last_3d)
+        for m in convs
+    )
+    output = model(clips)
+    torch.testing.assert_close(output, reference, rtol=1e-10, atol=1e-10)
+    nn.functional.cross_entropy(output, labels).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, gradients[name], rtol=1e-8, atol=1e-10, msg=name)
 
 
 def test_accumulation_steps_must_divide():

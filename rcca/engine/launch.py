@@ -20,9 +20,9 @@ from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dat
 from rcca.engine.checkpoints import load_checkpoint
 from rcca.engine.distributed import broadcast_object, cleanup, init_distributed, is_main_process, main_process_first
 from rcca.engine.evaluation import predict_videos, video_metrics
-from rcca.engine.trainer import Trainer, write_metrics
+from rcca.engine.trainer import Trainer, autocast_dtype, write_metrics
 from rcca.errors import UserError
-from rcca.models.build import build_model
+from rcca.models.build import build_model, to_channels_last
 from rcca.models.convert import load_pretrained
 
 log = logging.getLogger("rcca")
@@ -46,6 +46,7 @@ def check_required(cfg: DictConfig) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset")
+    autocast_dtype(cfg.trainer.amp)
     if cfg.data.crop_size > cfg.test.resize_short:
         raise UserError(
             f"data.crop_size={cfg.data.crop_size} is larger than test.resize_short={cfg.test.resize_short}: "
@@ -91,15 +92,6 @@ def make_datasets(cfg: Config, progress: bool):
     return train_set, test_set, annotations.classes
 
 
-def to_channels_last(model: torch.nn.Module) -> None:
-    """Channels-last weights: 2D convs (TSM frames) as NHWC, 3D convs (MF-Net, context modules) as NDHWC."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            module.to(memory_format=torch.channels_last)
-        elif isinstance(module, torch.nn.Conv3d):
-            module.to(memory_format=torch.channels_last_3d)
-
-
 def train(cfg: Config, run_dir: Path) -> dict:
     """Train the configured model; returns the final validation metrics (also in metrics.json)."""
     started = time.perf_counter()
@@ -109,6 +101,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     run_dir = Path(broadcast_object(str(run_dir)))  # each process's Hydra clock may differ: use rank 0's folder
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
+        torch.backends.cudnn.benchmark = True  # fixed clip sizes: let cuDNN pick the fastest kernels
     seed_everything(cfg.seed)
     main = is_main_process()
     if not main:
@@ -126,7 +119,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     if cfg.trainer.sync_bn and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
-    if cfg.trainer.channels_last and device.type == "cuda":
+    if cfg.trainer.channels_last:
         to_channels_last(model)
     log.info(
         "%s + %s at %s: %.2fM parameters; %d train / %d test videos, %d classes",
@@ -205,11 +198,15 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
             "evaluate on a dataset with the checkpoint's classes"
         ) from None
     model.to(device)
+    if run_cfg.trainer.channels_last:
+        to_channels_last(model)
     loader = build_loader(
         test_set, evaluation_batch_size(run_cfg), False, run_cfg.trainer.num_workers, run_cfg.seed, timeout=run_cfg.trainer.data_timeout
     )
     loader.sampler.set_epoch(0)
-    scores, labels, indices, failed = predict_videos(model, loader, device, progress=sys.stderr.isatty())
+    scores, labels, indices, failed = predict_videos(
+        model, loader, device, progress=sys.stderr.isatty(), autocast_dtype=autocast_dtype(run_cfg.trainer.amp)
+    )
     metrics = video_metrics(scores, labels, classes)
     metrics.update(checkpoint=str(cfg.ckpt), failed_videos=failed, num_clips=run_cfg.test.num_clips, num_crops=run_cfg.test.num_crops)
     write_metrics(run_dir / "metrics.json", metrics)

@@ -98,10 +98,8 @@ class Trainer:
         self.model = runner if runner is not None else model
         self.optimizer = build_optimizer(model, optimizer_cfg, model.classifier_name)
         self.scheduler = build_scheduler(self.optimizer, schedule_cfg, self.updates_per_epoch)
-        if trainer_cfg.amp not in AMP_DTYPES:
-            raise UserError(f"trainer.amp={trainer_cfg.amp!r}: choose one of {', '.join(AMP_DTYPES)}")
-        self.autocast_dtype = AMP_DTYPES[trainer_cfg.amp] if device.type == "cuda" else None
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.autocast_dtype == torch.float16)
+        self.autocast_dtype = autocast_dtype(trainer_cfg.amp)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
         self.progress = Progress()
         self.stop_requested = False
         self.failed_train: set[str] = set()  # undecodable training videos seen by this process
@@ -131,7 +129,8 @@ class Trainer:
             raise UserError(f"the checkpoint does not match the configured model (use the run's own overrides): {detail}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        if self.scaler.is_enabled() and state["scaler"]:  # empty when saved without fp16: the scale starts afresh
+            self.scaler.load_state_dict(state["scaler"])
         self.progress = Progress(state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"])
         set_rng_state(state["rng"])
 
@@ -304,6 +303,13 @@ class Trainer:
                 for key in ("top1", "top5", "mean_class_accuracy"):
                     self.writer.add_scalar(f"val/{key}", metrics[key], self.progress.step)
         return metrics
+
+
+def autocast_dtype(amp: str) -> torch.dtype | None:
+    """The autocast dtype of `trainer.amp` (None when off); works on GPUs and CPUs alike."""
+    if amp not in AMP_DTYPES:
+        raise UserError(f"trainer.amp={amp!r}: choose one of {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[amp]
 
 
 def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from functools import partial
 
+import torch
 from torch import nn
 
 from rcca.config import BackboneConfig, ModuleConfig
@@ -62,3 +63,15 @@ def build_model(backbone: BackboneConfig, module: ModuleConfig, num_classes: int
     elif factory is not None:
         raise ValueError(f"module.positions is empty for module.name={module.name}; list blocks such as [conv3_3]")
     return model
+
+
+def to_channels_last(model: nn.Module) -> None:
+    """Channels-last weights, in place: 2D convs (TSM frames) as NHWC, 3D convs (MF-Net, context modules) as NDHWC.
+
+    Activations follow the weights' layout, so inputs need no conversion; the outputs are unchanged.
+    """
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            module.to(memory_format=torch.channels_last)
+        elif isinstance(module, nn.Conv3d):
+            module.to(memory_format=torch.channels_last_3d)
