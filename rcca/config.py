@@ -58,6 +58,7 @@ class DatasetConfig:
     backend: str = "decord"  # video reader: decord, pyav or frames (folders of img_00001.jpg)
     flip: bool = True  # random horizontal flip in training (off where left/right matters)
     allow_missing: bool = False  # train on the videos present when annotations list missing files
+    exclude: Optional[str] = None  # file of video paths (one per line, as listed) left out of both splits
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # synthetic set only
 
 

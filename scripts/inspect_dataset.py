@@ -5,7 +5,9 @@ dataset.annotations=...` (`experiment=none` drops the quick-start preset; withou
 synthetic set is inspected, generated if needed). The script parses the annotations with the
 checks train.py makes and reports the class count, the train/test video counts and the listed
 videos that are missing; with `--decode` it also reads every present video (its first and last
-frame, with the configured `dataset.backend`) and reports those that fail. The last line
+frame, with the configured `dataset.backend`, in a child process so that a video that crashes or
+hangs the decoder is reported rather than fatal) and reports those that fail;
+`--write-exclude FILE` writes their paths for `dataset.exclude=FILE`. The last line
 printed is one JSON object: {"dataset", "root", "num_classes", "train", "test", "missing"},
 plus "undecodable" with --decode.
 A user error (missing root, bad annotations, bad override) prints one line `error: ...` on
@@ -23,27 +25,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a plain script from anywhere: make `rcca` importable
 
-from tqdm import tqdm  # noqa: E402
-
 from rcca.config import compose_config  # noqa: E402
-from rcca.data.build import missing_videos, read_annotations  # noqa: E402
-from rcca.data.decoding import BACKENDS, DecodeError, read_frames  # noqa: E402
+from rcca.data.build import exclude_videos, missing_videos, read_annotations  # noqa: E402
+from rcca.data.checking import scan_videos  # noqa: E402
+from rcca.data.decoding import BACKENDS  # noqa: E402
 from rcca.engine.launch import check_required, user_errors  # noqa: E402
 from rcca.errors import UserError  # noqa: E402
 
 SHOWN = 5  # paths listed for each kind of problem
-
-
-def find_undecodable(root: Path, paths: list[str], backend: str) -> dict[str, str]:
-    """Try to read the first and last frame of each video; returns {path: reason} for failures."""
-    failures: dict[str, str] = {}
-    for path in tqdm(paths, desc="decoding", unit="video"):
-        try:
-            read_frames(root / path, lambda n: [0, n - 1], backend)
-        except Exception as error:  # a diagnosis: whatever stops a read is reported, not raised
-            reason = str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
-            failures[path] = (reason.splitlines() or [type(error).__name__])[0]
-    return failures
 
 
 def show(title: str, lines: list[str]) -> None:
@@ -55,7 +44,7 @@ def show(title: str, lines: list[str]) -> None:
         print(f"  ... and {len(lines) - SHOWN} more")
 
 
-def report(overrides: list[str], decode: bool) -> dict:
+def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_file: Path | None = None) -> dict:
     """Print the report of the configured dataset; returns its summary (the final JSON line)."""
     cfg = compose_config(overrides)
     check_required(cfg)
@@ -63,6 +52,9 @@ def report(overrides: list[str], decode: bool) -> dict:
     if decode and backend not in BACKENDS:
         raise UserError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     root, annotations = read_annotations(cfg.dataset)
+    if cfg.dataset.exclude:
+        left_out = exclude_videos(annotations, Path(cfg.dataset.exclude))
+        print(f"excluded by dataset.exclude: {left_out[0]} train, {left_out[1]} test")
     splits = {"train": annotations.train, "test": annotations.test}
     missing = {split: missing_videos(root, records) for split, records in splits.items()}
     print(f"dataset: {cfg.dataset.name} (root {root})")
@@ -80,9 +72,12 @@ def report(overrides: list[str], decode: bool) -> dict:
     if decode:
         absent = set(missing["train"] + missing["test"])
         present = list(dict.fromkeys(r.path for records in splits.values() for r in records if r.path not in absent))
-        failures = find_undecodable(root, present, backend)
+        failures = scan_videos(root, present, backend, timeout, progress=sys.stderr.isatty())
         show(f"undecodable with {backend} (of {len(present)} read)", [f"{p}: {why}" for p, why in failures.items()])
         summary["undecodable"] = len(failures)
+        if exclude_file is not None:
+            exclude_file.write_text("".join(f"{path}  # {why}\n" for path, why in failures.items()))
+            print(f"wrote {len(failures)} paths to {exclude_file}: train with dataset.exclude={exclude_file}")
     return summary
 
 
@@ -90,10 +85,14 @@ def main() -> None:
     """Parse `--decode` and hand the other arguments to Hydra as overrides; print the report."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decode", action="store_true", help="also read every present video and report failures")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds one video may take before it counts as hung")
+    parser.add_argument("--write-exclude", type=Path, metavar="FILE", help="with --decode: write the failing paths, for dataset.exclude")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")
     args = parser.parse_intermixed_args()
     with user_errors():
-        summary = report(args.overrides, args.decode)
+        if args.write_exclude and not args.decode:
+            raise UserError("--write-exclude needs --decode")
+        summary = report(args.overrides, args.decode, args.timeout, args.write_exclude)
     print(json.dumps(summary))
 
 

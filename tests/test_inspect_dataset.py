@@ -55,12 +55,18 @@ def test_reports_counts_and_missing_videos(overrides: list[str]) -> None:
     assert "absent.mp4" in result.stdout
 
 
-def test_decode_reports_undecodable_videos(overrides: list[str]) -> None:
-    result = run_entry(SCRIPT, "--decode", *overrides, timeout=120)
+def test_decode_reports_undecodable_videos_and_writes_exclude_list(overrides: list[str], tmp_path: Path) -> None:
+    exclude = tmp_path / "exclude.txt"
+    result = run_entry(SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, timeout=120)
     report = summary(result.stdout)
     assert (report["num_classes"], report["train"], report["test"], report["missing"]) == (2, 4, 2, 1)
     assert report["undecodable"] == 1
     assert "corrupt.mp4" in result.stdout
+    assert exclude.read_text().startswith("corrupt.mp4  # ")
+    # The written list is a valid dataset.exclude: the corrupt video is left out, nothing fails.
+    result = run_entry(SCRIPT, "--decode", *overrides, f"dataset.exclude={exclude}", timeout=120)
+    report = summary(result.stdout)
+    assert (report["train"], report["undecodable"]) == (3, 0)
 
 
 @pytest.fixture(scope="module")

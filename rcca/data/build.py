@@ -75,11 +75,35 @@ def missing_videos(root: Path, records: list[VideoRecord]) -> list[str]:
 
 
 def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
-    """`read_annotations`, then stop on missing videos (or drop them with `dataset.allow_missing`)."""
+    """`read_annotations`, less the videos of `dataset.exclude`; then stop on missing videos
+    (or drop them with `dataset.allow_missing`)."""
     root, annotations = read_annotations(cfg, progress)
+    if cfg.exclude:
+        left_out = exclude_videos(annotations, Path(cfg.exclude))
+        log.info("dataset.exclude=%s: left out %d train and %d test videos", cfg.exclude, *left_out)
     annotations.train = _drop_missing(root, annotations.train, cfg.allow_missing, "train")
     annotations.test = _drop_missing(root, annotations.test, cfg.allow_missing, "test")
     return root, annotations
+
+
+def exclude_videos(annotations: Annotations, exclude_file: Path) -> tuple[int, int]:
+    """Drop the videos listed in `exclude_file` from both splits, in place; returns (train, test) counts dropped."""
+    excluded = read_exclude_list(exclude_file)
+    train = [r for r in annotations.train if r.path not in excluded]
+    test = [r for r in annotations.test if r.path not in excluded]
+    left_out = (len(annotations.train) - len(train), len(annotations.test) - len(test))
+    annotations.train, annotations.test = train, test
+    return left_out
+
+
+def read_exclude_list(path: Path) -> set[str]:
+    """Video paths, one per line, as the annotations list them; blank lines and `#` comments are ignored."""
+    if not path.is_file():
+        raise UserError(
+            f"dataset.exclude={path}: file not found; write it with scripts/inspect_dataset.py --decode --write-exclude"
+        )
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return {line for line in lines if line}
 
 
 def _annotation_arguments(cfg: DatasetConfig) -> dict:

@@ -164,7 +164,9 @@ class Trainer:
                 raise
             raise UserError(
                 f"data loading failed in epoch {self.progress.epoch + 1} ({str(error).splitlines()[0]}); "
-                f"the last checkpoint is {self.run_dir / 'last.pt'}: continue with resume=auto"
+                f"the last checkpoint is {self.run_dir / 'last.pt'}. A video that crashes or hangs the decoder "
+                "does it again on resume: find such videos with scripts/inspect_dataset.py --decode --write-exclude "
+                "<file> <overrides>, then continue with dataset.exclude=<file> resume=auto"
             ) from None
         finally:
             for sig, handler in previous.items():
