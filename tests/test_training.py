@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.data.samplers import EpochSampler
 from rcca.engine.evaluation import _first_occurrence, predict_videos, video_metrics
+from rcca.engine.launch import leave_outputs_to_rank_zero
 from rcca.engine.optim import lr_factor
 from rcca.engine.trainer import Trainer, TrainingDiverged, accumulation_steps
 from rcca.errors import UserError
@@ -289,3 +291,25 @@ def test_distributed_evaluation_counts_each_video_once_and_gathers_failures(tmp_
     assert result["labels"].tolist() == [0, 1, 0, 0]
     expected_first_class = [0.7, 0.3, 0.6, 0.7]  # mean over the two views of each video
     assert result["scores"][:, 0].tolist() == pytest.approx(expected_first_class)
+
+
+def test_other_ranks_leave_outputs_to_rank_zero(tmp_path):
+    shared, own = tmp_path / "rank0", tmp_path / "rank1"
+    for folder in (shared, own):
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    handler = logging.FileHandler(own / "train.log")
+    logging.getLogger().addHandler(handler)
+    try:
+        leave_outputs_to_rank_zero(own, shared)
+        assert handler not in logging.getLogger().handlers
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    assert not own.exists() and (shared / ".hydra" / "config.yaml").is_file()
+    # A folder holding anything else (or rank 0's own folder) is never removed.
+    (own / ".hydra").mkdir(parents=True)
+    (own / "last.pt").write_bytes(b"")
+    leave_outputs_to_rank_zero(own, shared)
+    leave_outputs_to_rank_zero(shared, shared)
+    assert (own / "last.pt").is_file() and shared.is_dir()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import shutil
 import sys
 import time
 from contextlib import contextmanager
@@ -92,13 +93,28 @@ def make_datasets(cfg: Config, progress: bool):
     return train_set, test_set, annotations.classes
 
 
+def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
+    """On ranks other than 0: stop writing the log file and remove the folder Hydra made for this process.
+
+    The folder is removed only when it is not rank 0's and holds nothing but Hydra's files.
+    Warnings still reach the terminal.
+    """
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+    if own_dir.resolve() != run_dir.resolve() and own_dir.is_dir():
+        if {entry.name for entry in own_dir.iterdir()} <= {".hydra", "train.log"}:
+            shutil.rmtree(own_dir)
+
+
 def train(cfg: Config, run_dir: Path) -> dict:
     """Train the configured model; returns the final validation metrics (also in metrics.json)."""
     started = time.perf_counter()
     check_required(cfg)
     device = resolve_device(cfg.trainer.device)
     rank, world_size, local_rank = init_distributed(device.type)
-    run_dir = Path(broadcast_object(str(run_dir)))  # each process's Hydra clock may differ: use rank 0's folder
+    own_dir, run_dir = run_dir, Path(broadcast_object(str(run_dir)))  # Hydra clocks may differ: use rank 0's folder
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.backends.cudnn.benchmark = True  # fixed clip sizes: let cuDNN pick the fastest kernels
@@ -106,6 +122,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     main = is_main_process()
     if not main:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all
+        leave_outputs_to_rank_zero(own_dir, run_dir)
 
     with main_process_first():
         train_set, test_set, classes = make_datasets(cfg, progress=main and sys.stderr.isatty())
