@@ -107,12 +107,14 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synthetic_cach
         assert torch.equal(resumed["model"][key], value), key
 
 
-def test_sigterm_saves_last_checkpoint(tmp_path, synthetic_cache):
+@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR2])
+def test_stop_signal_saves_last_checkpoint(tmp_path, synthetic_cache, stop_signal):
+    # SIGTERM: kill, SLURM pre-emption; SIGUSR2: submitit's warning before the time limit.
     run_dir = tmp_path / "term"
     process = _start(run_dir, synthetic_cache, "trainer.epochs=50", "trainer.checkpoint_every=1")
     _wait_for(lambda: _step(run_dir / "last.pt") >= 1, timeout=120)
     os.remove(run_dir / "last.pt")
-    process.send_signal(signal.SIGTERM)
+    process.send_signal(stop_signal)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr[-2000:]
     saved = torch.load(run_dir / "last.pt", weights_only=False)

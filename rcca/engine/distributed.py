@@ -1,20 +1,51 @@
-"""Process-group helpers: one code path for a single process and for torchrun (NCCL or gloo)."""
+"""Process-group helpers: one code path for a single process, torchrun, submitit and srun (NCCL or gloo)."""
 
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import submitit
 import torch
 import torch.distributed as dist
+from submitit.slurm.slurm import SlurmJobEnvironment
+
+
+def cluster_environment() -> dict[str, str]:
+    """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) for a process that
+    torchrun did not start: a task of Hydra's submitit launcher (SLURM or local), or of a plain
+    `srun` step with several tasks. Empty when there is nothing to add (torchrun, a single process).
+
+    A SLURM batch script's own process is not a step (no SLURM_STEP_NUM_TASKS): it stays one process.
+    """
+    if "WORLD_SIZE" in os.environ:
+        return {}
+    if os.environ.get("SUBMITIT_EXECUTOR"):
+        job = submitit.JobEnvironment()
+    elif int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        job = SlurmJobEnvironment()
+    else:
+        return {}
+    if job.num_tasks == 1:
+        return {}
+    return {
+        "RANK": str(job.global_rank),
+        "WORLD_SIZE": str(job.num_tasks),
+        "LOCAL_RANK": str(job.local_rank),
+        "MASTER_ADDR": "127.0.0.1" if job.num_nodes == 1 else job.hostnames[0],
+        "MASTER_PORT": str(20000 + zlib.crc32(job.job_id.encode()) % 20000),  # the same on every task of the job
+    }
 
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """Join the process group when launched by torchrun. Returns (rank, world_size, local_rank).
+    """Join the process group when launched by torchrun, submitit or srun. Returns (rank, world_size, local_rank).
 
     NCCL on GPUs, gloo on CPUs; a plain `python train.py` is rank 0 of 1.
     """
+    for key, value in cluster_environment().items():
+        os.environ.setdefault(key, value)  # MASTER_ADDR/PORT set by the user win
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return 0, 1, 0
     local_rank = int(os.environ.get("LOCAL_RANK", 0))

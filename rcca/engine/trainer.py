@@ -36,6 +36,9 @@ from rcca.models.attention import RCCA3D
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Signals that save last.pt after the current update and exit: kill, Ctrl-C, and the warnings a job
+# gets before its SLURM time limit (sbatch --signal, submitit's USR2).
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 
 
 class TrainingDiverged(UserError):
@@ -94,6 +97,10 @@ class Trainer:
                 f"(trainer.batch_size={trainer_cfg.batch_size} x {self.accumulation} steps x {world_size} processes) but "
                 f"each process has {len(train_loader.sampler)} training videos: lower these sizes"
             )
+        log.info(
+            "one update = %d clips (%d per step x %d accumulated steps x %d processes); %d updates per epoch",
+            trainer_cfg.effective_batch_size, trainer_cfg.batch_size, self.accumulation, world_size, self.updates_per_epoch,
+        )
         self.bare_model = model  # without wrappers: parameter names, checkpoints, gammas
         self.model = runner if runner is not None else model
         self.optimizer = build_optimizer(model, optimizer_cfg, model.classifier_name)
@@ -141,7 +148,7 @@ class Trainer:
     # ----------------------------------------------------------------- training
     def fit(self) -> dict:
         """Train to `trainer.epochs`, validating every `eval_every` epochs. Returns the final metrics."""
-        previous = {sig: signal.signal(sig, self._request_stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+        previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         metrics: dict = {}
         try:
             while self.progress.epoch < self.cfg.epochs:
