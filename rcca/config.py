@@ -107,6 +107,7 @@ class TrainerConfig:
     amp: str = "off"  # mixed precision: off, bf16 or fp16 (fp16 adds a gradient scaler); meant for GPUs, also runs on CPUs
     channels_last: bool = False  # channels-last weights (NHWC for 2D, NDHWC for 3D convolutions); pays off on GPUs
     compile: bool = False  # torch.compile the model
+    cudnn_benchmark: bool = False  # let cuDNN time and pick the fastest kernels: faster, but not bit-reproducible
     sync_bn: bool = False  # synchronise BatchNorm statistics across processes (the paper keeps them per GPU)
 
 

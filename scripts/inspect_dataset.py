@@ -7,7 +7,7 @@ checks train.py makes and reports the class count, the train/test video counts a
 videos that are missing; with `--decode` it also reads every present video (its first and last
 frame, with the configured `dataset.backend`, in a child process so that a video that crashes or
 hangs the decoder is reported rather than fatal) and reports those that fail;
-`--write-exclude FILE` writes their paths for `dataset.exclude=FILE`. The last line
+`--write-exclude FILE` writes their paths, with those of `dataset.exclude` if set, for `dataset.exclude=FILE`. The last line
 printed is one JSON object: {"dataset", "root", "num_classes", "train", "test", "missing"},
 plus "undecodable" with --decode.
 A user error (missing root, bad annotations, bad override) prints one line `error: ...` on
@@ -26,7 +26,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a plain script from anywhere: make `rcca` importable
 
 from rcca.config import compose_config  # noqa: E402
-from rcca.data.build import exclude_videos, missing_videos, read_annotations  # noqa: E402
+from rcca.data.build import (  # noqa: E402
+    exclude_videos, missing_videos, read_annotations, read_exclude_list, write_exclude_list,
+)
 from rcca.data.checking import scan_videos  # noqa: E402
 from rcca.data.decoding import BACKENDS  # noqa: E402
 from rcca.engine.launch import check_required, user_errors  # noqa: E402
@@ -53,8 +55,8 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
         raise UserError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     root, annotations = read_annotations(cfg.dataset)
     if cfg.dataset.exclude:
-        left_out = exclude_videos(annotations, Path(cfg.dataset.exclude))
-        print(f"excluded by dataset.exclude: {left_out[0]} train, {left_out[1]} test")
+        exclude_videos(annotations, Path(cfg.dataset.exclude))
+        print(f"excluded by dataset.exclude: {len(annotations.excluded)}")
     splits = {"train": annotations.train, "test": annotations.test}
     missing = {split: missing_videos(root, records) for split, records in splits.items()}
     print(f"dataset: {cfg.dataset.name} (root {root})")
@@ -76,8 +78,11 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
         show(f"undecodable with {backend} (of {len(present)} read)", [f"{p}: {why}" for p, why in failures.items()])
         summary["undecodable"] = len(failures)
         if exclude_file is not None:
-            exclude_file.write_text("".join(f"{path}  # {why}\n" for path, why in failures.items()))
-            print(f"wrote {len(failures)} paths to {exclude_file}: train with dataset.exclude={exclude_file}")
+            # Videos already excluded were not read: keep them, so a second pass never loses the first one's finds.
+            entries = read_exclude_list(Path(cfg.dataset.exclude)) if cfg.dataset.exclude else {}
+            entries.update({path: f"# {why}" for path, why in failures.items()})
+            write_exclude_list(exclude_file, entries)
+            print(f"wrote {len(entries)} paths to {exclude_file}: train with dataset.exclude={exclude_file}")
     return summary
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from rcca.config import DatasetConfig
-from rcca.data.build import load_dataset
+from rcca.data.build import load_dataset, read_exclude_list, write_exclude_list
 from rcca.data.checking import scan_videos
 from rcca.data.decoding import DecodeError
 from rcca.errors import UserError
@@ -39,6 +39,11 @@ def test_scan_survives_crashing_and_hanging_videos(tmp_path):
     }
 
 
+def test_scan_blames_a_crash_on_the_last_video(tmp_path):
+    failures = scan_videos(tmp_path, ["a.mp4", "crash.mp4"], "decord", timeout=3, reader=misbehaving_reader, progress=False)
+    assert failures == {"crash.mp4": f"decoder crashed (exit code {-signal.SIGSEGV})"}
+
+
 def test_scan_of_good_videos_reports_nothing(tmp_path):
     assert scan_videos(tmp_path, ["a.mp4", "b.mp4"], "decord", reader=misbehaving_reader, progress=False) == {}
     assert scan_videos(tmp_path, [], "decord", progress=False) == {}
@@ -46,10 +51,10 @@ def test_scan_of_good_videos_reports_nothing(tmp_path):
 
 def _video_list(tmp_path: Path, exclude: str | None) -> DatasetConfig:
     root = tmp_path / "videos"
-    for name in ("a.mp4", "b.mp4", "c.mp4", "d.mp4"):
+    for name in ("a.mp4", "b.mp4", "c_#_2.mp4", "d.mp4"):
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_bytes(b"")
-    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\nc.mp4 0\n")
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\nc_#_2.mp4 0\n")
     (tmp_path / "test.txt").write_text("d.mp4 1\nb.mp4 1\n")
     return DatasetConfig(
         name="video_list", root=str(root), train_list=str(tmp_path / "train.txt"), test_list=str(tmp_path / "test.txt"),
@@ -59,10 +64,15 @@ def _video_list(tmp_path: Path, exclude: str | None) -> DatasetConfig:
 
 def test_exclude_list_leaves_videos_out_of_both_splits(tmp_path):
     exclude = tmp_path / "bad.txt"
-    exclude.write_text("b.mp4  # decoder crashed (exit code -11)\n\n# a comment line\nnot-listed.mp4\n")
+    # The format inspect_dataset writes: path, tab, note. A '#' inside a path is part of it
+    # (HMDB51 has such files); only a line that starts with '#' is a comment.
+    write_exclude_list(exclude, {"b.mp4": "# decoder crashed (exit code -11)", "c_#_2.mp4": "", "not-listed.mp4": ""})
+    exclude.write_text("# found by inspect_dataset\n\n" + exclude.read_text())
+    assert read_exclude_list(exclude) == {"b.mp4": "# decoder crashed (exit code -11)", "c_#_2.mp4": "", "not-listed.mp4": ""}
     _, annotations = load_dataset(_video_list(tmp_path, str(exclude)), progress=False)
-    assert [r.path for r in annotations.train] == ["a.mp4", "c.mp4"]
+    assert [r.path for r in annotations.train] == ["a.mp4"]
     assert [r.path for r in annotations.test] == ["d.mp4"]
+    assert annotations.excluded == ["b.mp4", "c_#_2.mp4"]
     _, everything = load_dataset(_video_list(tmp_path, None), progress=False)
     assert len(everything.train) == 3 and len(everything.test) == 2
 

@@ -62,11 +62,13 @@ def test_decode_reports_undecodable_videos_and_writes_exclude_list(overrides: li
     assert (report["num_classes"], report["train"], report["test"], report["missing"]) == (2, 4, 2, 1)
     assert report["undecodable"] == 1
     assert "corrupt.mp4" in result.stdout
-    assert exclude.read_text().startswith("corrupt.mp4  # ")
-    # The written list is a valid dataset.exclude: the corrupt video is left out, nothing fails.
-    result = run_entry(SCRIPT, "--decode", *overrides, f"dataset.exclude={exclude}", timeout=120)
+    assert exclude.read_text().startswith("corrupt.mp4\t# ")
+    # The written list is a valid dataset.exclude: the corrupt video is left out, nothing fails;
+    # writing the list again from that run keeps the video it no longer reads.
+    result = run_entry(SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, f"dataset.exclude={exclude}", timeout=120)
     report = summary(result.stdout)
     assert (report["train"], report["undecodable"]) == (3, 0)
+    assert exclude.read_text().startswith("corrupt.mp4\t# ")
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -120,7 +121,8 @@ def test_mixed_precision_update_matches_float32(device, amp, tolerance):
     for clip in (None, 0.05):
         reference = one_update(batch_size=2, effective=8, clip=clip, device=device)
         mixed = one_update(batch_size=2, effective=8, clip=clip, device=device, amp=amp)
-        assert _relative_difference(mixed, reference, start) < tolerance, clip
+        difference = _relative_difference(mixed, reference, start)
+        assert 1e-5 < difference < tolerance, clip  # low precision did run, and the update is still right
     unclipped = one_update(batch_size=2, effective=8, device=device)
     assert _relative_difference(reference, unclipped, start) > 0.5  # the clip above was active
 
@@ -131,25 +133,53 @@ def test_channels_last_keeps_outputs_and_gradients(device, backbone):
     frames = 8 if backbone == "tsm" else 16
     cfg = BackboneConfig(name=backbone, depth=18, width=16, num_frames=frames, dropout=0.0)
     torch.manual_seed(0)
-    # Double precision, so that only a layout error, not summation order, could change the numbers.
-    model = build_model(cfg, ModuleConfig(name="rcca", positions=["conv3_1"]), num_classes=5).to(device, torch.float64)
-    clips = torch.randn(2, 3, frames, 48, 48, device=device, dtype=torch.float64)
+    model = build_model(cfg, ModuleConfig(name="rcca", positions=["conv3_1"]), num_classes=5).to(device)
+    clips = torch.randn(2, 3, frames, 48, 48, device=device)
     labels = torch.tensor([1, 3], device=device)
     reference = model(clips)
     nn.functional.cross_entropy(reference, labels).backward()
-    gradients = {name: p.grad.clone() for name, p in model.named_parameters()}
+    gradients = torch.cat([p.grad.flatten() for p in model.parameters()])
     model.zero_grad()
+
     to_channels_last(model)
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
-    assert convs and all(
-        m.weight.is_contiguous(memory_format=torch.channels_last if m.weight.dim() == 4 else torch.channels_last_3d)
-        for m in convs
-    )
+    layouts = []  # whether each convolution's output came out channels-last: the layout really ran
+    for conv in convs:
+        conv.register_forward_hook(lambda module, args, out: layouts.append(
+            out.is_contiguous(memory_format=torch.channels_last if out.dim() == 4 else torch.channels_last_3d)
+        ))
     output = model(clips)
-    torch.testing.assert_close(output, reference, rtol=1e-10, atol=1e-10)
+    assert len(layouts) >= len(convs) and all(layouts)
+    torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-5)
     nn.functional.cross_entropy(output, labels).backward()
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, gradients[name], rtol=1e-8, atol=1e-10, msg=name)
+    # Float32 rounding in another summation order, amplified by batch-2 BatchNorm: close, not equal.
+    changed = torch.cat([p.grad.flatten() for p in model.parameters()])
+    assert float((changed - gradients).norm() / gradients.norm()) < 0.05
+
+
+def _trainer(amp: str, tmp_path: Path) -> Trainer:
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), True))
+    cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, progress=False, amp=amp)
+    return Trainer(
+        LinearClassifier(), loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(), ScheduleConfig(), tmp_path, {},
+        torch.device("cpu"),
+    )
+
+
+def test_resume_restores_the_gradient_scale_across_precisions(tmp_path):
+    saved = _trainer("fp16", tmp_path)
+    saved.scaler.scale(torch.ones(()))  # the scale tensor is created on first use
+    saved.scaler.update(new_scale=1024.0)
+    state = saved.state_dict()
+    resumed = _trainer("fp16", tmp_path)
+    resumed.load_state_dict(state)
+    assert resumed.scaler.get_scale() == 1024.0
+    # Into a float32 or bf16 run the scale is dropped; from one, an fp16 run starts at the initial scale.
+    _trainer("bf16", tmp_path).load_state_dict(state)
+    fresh = _trainer("fp16", tmp_path)
+    fresh.load_state_dict(_trainer("off", tmp_path).state_dict())
+    assert fresh.scaler.get_scale() == 2.0**16
 
 
 def test_accumulation_steps_must_divide():
@@ -160,8 +190,24 @@ def test_accumulation_steps_must_divide():
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) at update 1 .*last\.pt"):
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) .* at update 1 .*last\.pt"):
         one_update(batch_size=4, effective=4, tmp=tmp_path, scale=float("nan"))
+
+
+def _nan_on_one_rank_worker(rank: int, port: int, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=timedelta(seconds=60))
+    try:
+        one_update(batch_size=2, effective=8, rank=rank, world_size=2, scale=float("nan") if rank == 1 else 1.0)
+    except TrainingDiverged:
+        Path(out, f"stopped{rank}").write_text("")
+    dist.destroy_process_group()
+
+
+def test_nan_loss_on_one_process_stops_every_process(tmp_path):
+    # Rank 0's loss is finite: it must stop with rank 1 rather than wait for it in the gradient all-reduce.
+    mp.spawn(_nan_on_one_rank_worker, args=(29500 + (os.getpid() + 13) % 1000, str(tmp_path)), nprocs=2, join=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped0", "stopped1"]
 
 
 def test_lr_schedule_counts_updates():

@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
@@ -67,11 +67,13 @@ class Annotations:
         classes: Class names; the position of a name is its label.
         train: Training videos.
         test: Test (or validation) videos.
+        excluded: Videos of either split left out by `dataset.exclude`.
     """
 
     classes: list[str]
     train: list[VideoRecord]
     test: list[VideoRecord]
+    excluded: list[str] = field(default_factory=list)
 
 
 class AnnotationError(ValueError):

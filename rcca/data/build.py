@@ -79,31 +79,49 @@ def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annot
     (or drop them with `dataset.allow_missing`)."""
     root, annotations = read_annotations(cfg, progress)
     if cfg.exclude:
-        left_out = exclude_videos(annotations, Path(cfg.exclude))
-        log.info("dataset.exclude=%s: left out %d train and %d test videos", cfg.exclude, *left_out)
+        exclude_videos(annotations, Path(cfg.exclude))
     annotations.train = _drop_missing(root, annotations.train, cfg.allow_missing, "train")
     annotations.test = _drop_missing(root, annotations.test, cfg.allow_missing, "test")
     return root, annotations
 
 
-def exclude_videos(annotations: Annotations, exclude_file: Path) -> tuple[int, int]:
-    """Drop the videos listed in `exclude_file` from both splits, in place; returns (train, test) counts dropped."""
-    excluded = read_exclude_list(exclude_file)
-    train = [r for r in annotations.train if r.path not in excluded]
-    test = [r for r in annotations.test if r.path not in excluded]
-    left_out = (len(annotations.train) - len(train), len(annotations.test) - len(test))
-    annotations.train, annotations.test = train, test
-    return left_out
+def exclude_videos(annotations: Annotations, exclude_file: Path) -> None:
+    """Drop the videos listed in `exclude_file` from both splits, in place, recording them in `annotations.excluded`."""
+    listed = read_exclude_list(exclude_file)
+    before = {"train": annotations.train, "test": annotations.test}
+    annotations.train = [r for r in annotations.train if r.path not in listed]
+    annotations.test = [r for r in annotations.test if r.path not in listed]
+    annotations.excluded = sorted({r.path for records in before.values() for r in records if r.path in listed})
+    log.info(
+        "dataset.exclude=%s: left out %d train and %d test videos", exclude_file,
+        len(before["train"]) - len(annotations.train), len(before["test"]) - len(annotations.test),
+    )
+    unknown = sorted(set(listed) - set(annotations.excluded))
+    if unknown:
+        log.warning("dataset.exclude=%s: %d paths match no listed video (first: %s)", exclude_file, len(unknown), unknown[0])
 
 
-def read_exclude_list(path: Path) -> set[str]:
-    """Video paths, one per line, as the annotations list them; blank lines and `#` comments are ignored."""
+def read_exclude_list(path: Path) -> dict[str, str]:
+    """{video path: note} of an exclude file.
+
+    One path per line, as the annotations list it; a tab ends the path and starts an optional
+    note (inspect_dataset writes the reason there). Lines starting with `#` are comments.
+    """
     if not path.is_file():
         raise UserError(
             f"dataset.exclude={path}: file not found; write it with scripts/inspect_dataset.py --decode --write-exclude"
         )
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return {line for line in lines if line}
+    entries: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            video, _, note = line.partition("\t")
+            entries[video.strip()] = note.strip()
+    return entries
+
+
+def write_exclude_list(path: Path, entries: dict[str, str]) -> None:
+    """Write {video path: note} in the format `read_exclude_list` reads."""
+    path.write_text("".join(f"{video}\t{note}\n" if note else f"{video}\n" for video, note in sorted(entries.items())))
 
 
 def _annotation_arguments(cfg: DatasetConfig) -> dict:

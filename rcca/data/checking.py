@@ -10,6 +10,7 @@ on with the next one.
 from __future__ import annotations
 
 import multiprocessing
+import resource
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -28,15 +29,18 @@ def read_first_and_last(path: Path, backend: str, reader: FrameReader = read_fra
 
 def _scan_worker(root: Path, paths: list[str], backend: str, reader: FrameReader, results: Connection) -> None:
     """Child process: for each path send ("start", i) and then ("ok", i) or ("fail", i, reason)."""
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a decoder that crashes leaves no core file behind
     for i, path in enumerate(paths):
         results.send(("start", i))
+        reason = ""
         try:
             read_first_and_last(root / path, backend, reader)
         except Exception as error:  # a diagnosis: whatever stops a read is reported, not raised
             reason = str(error) if isinstance(error, DecodeError) else f"{type(error).__name__}: {error}"
-            results.send(("fail", i, (reason.splitlines() or [type(error).__name__])[0]))
-        else:
-            results.send(("ok", i))
+            reason = (reason.splitlines() or [type(error).__name__])[0]
+        # Sent only now: the decoder (held by the exception's traceback) is freed, and a crash while
+        # freeing it still falls within this video's "start".
+        results.send(("fail", i, reason) if reason else ("ok", i))
     results.close()
 
 
@@ -54,45 +58,69 @@ def scan_videos(
     process died, or "decoder hung for more than <timeout> s". `reader` (a module-level
     function, as it is sent to a spawned process) is `read_frames` but for tests.
     """
+    if timeout <= 0:
+        raise ValueError(f"timeout={timeout}: give the seconds one video may take (> 0)")
     failures: dict[str, str] = {}
-    context = multiprocessing.get_context("spawn")  # no state inherited from the caller's threads
     start = 0
     with tqdm(total=len(paths), desc="decoding", unit="video", disable=not progress) as bar:
         while start < len(paths):
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_scan_worker, args=(root, paths[start:], backend, reader, sender), daemon=True)
-            process.start()
-            sender.close()  # the child holds the only writer: its death ends the pipe
-            current: int | None = None
-            while True:
-                if not receiver.poll(timeout if current is not None else max(timeout, 120.0)):
-                    process.kill()
-                    reason = f"decoder hung for more than {timeout:g} s"
-                    break
-                try:
-                    message = receiver.recv()
-                except EOFError:
-                    process.join()
-                    reason = f"decoder crashed (exit code {process.exitcode})"
-                    break
-                kind, index = message[0], start + message[1]
-                if kind == "start":
-                    current = index
-                    continue
-                if kind == "fail":
-                    failures[paths[index]] = message[2]
-                current = None
-                bar.update(1)
-                if index == len(paths) - 1:
-                    reason = ""
-                    break
-            process.join()
-            receiver.close()
-            if not reason:
+            done, blame, reason = _scan_in_child(root, paths, start, backend, timeout, reader, failures, bar)
+            if blame is None:
                 break
-            if current is None:  # the process died between videos: nothing to blame, and no way to go on
-                raise RuntimeError(f"the video-reading process stopped outside any video ({reason})")
-            failures[paths[current]] = reason
-            bar.update(1)
-            start = current + 1
+            if blame > done:  # died inside a video: count it now
+                bar.update(1)
+            failures[paths[blame]] = reason
+            start = blame + 1
     return failures
+
+
+def _scan_in_child(
+    root: Path, paths: list[str], start: int, backend: str, timeout: float, reader: FrameReader,
+    failures: dict[str, str], bar: tqdm,
+) -> tuple[int, int | None, str]:
+    """Read paths[start:] in one child process, recording decoder errors in `failures`.
+
+    Returns (index of the last video finished, index of the video to blame or None when all
+    were read, reason). A process that dies between two videos is blamed on the one before.
+    """
+    context = multiprocessing.get_context("spawn")  # no state inherited from the caller's threads
+    receiver, sender = context.Pipe(duplex=False)
+    process = context.Process(target=_scan_worker, args=(root, paths[start:], backend, reader, sender), daemon=True)
+    process.start()
+    sender.close()  # the child holds the only writer: its death ends the pipe
+    current: int | None = None  # the video being read
+    done = start - 1  # the last video finished
+    try:
+        while done < len(paths) - 1:
+            if not receiver.poll(timeout if current is not None else max(timeout, STARTUP_SECONDS)):
+                reason = f"decoder hung for more than {timeout:g} s" if current is not None else "reader did not answer"
+                break
+            try:
+                message = receiver.recv()
+            except EOFError:
+                process.join(timeout=10)
+                reason = f"decoder crashed (exit code {process.exitcode})"
+                break
+            kind, index = message[0], start + message[1]
+            if kind == "start":
+                current = index
+                continue
+            if kind == "fail":
+                failures[paths[index]] = message[2]
+            current, done = None, index
+            bar.update(1)
+        else:
+            return done, None, ""
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=10)
+        receiver.close()
+    if current is not None:
+        return done, current, reason
+    if done >= start:  # died after finishing a video: most likely while releasing that video's decoder
+        return done, done, failures.get(paths[done], reason)
+    raise RuntimeError(f"the video-reading process could not start ({reason}); check that the decoders import")
+
+
+STARTUP_SECONDS = 120.0  # how long a new reading process may take to import the decoders

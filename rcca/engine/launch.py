@@ -82,7 +82,7 @@ def evaluation_batch_size(cfg: Config) -> int:
 
 
 def make_datasets(cfg: Config, progress: bool):
-    """Annotations -> (train dataset, test dataset, class names) for a run config."""
+    """Annotations -> (train dataset, test dataset, annotations) for a run config."""
     root, annotations = load_dataset(cfg.dataset, progress=progress)
     clip = ClipSampling(cfg.backbone.sampling, cfg.backbone.num_frames, cfg.backbone.frame_interval)
     train_set, test_set = build_datasets(
@@ -90,7 +90,7 @@ def make_datasets(cfg: Config, progress: bool):
         scales=list(cfg.data.scales), flip=cfg.dataset.flip, resize_short=cfg.test.resize_short,
         num_clips=cfg.test.num_clips, num_crops=cfg.test.num_crops, seed=cfg.seed,
     )
-    return train_set, test_set, annotations.classes
+    return train_set, test_set, annotations
 
 
 def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
@@ -117,7 +117,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     own_dir, run_dir = run_dir, Path(broadcast_object(str(run_dir)))  # Hydra clocks may differ: use rank 0's folder
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
-        torch.backends.cudnn.benchmark = True  # fixed clip sizes: let cuDNN pick the fastest kernels
+        torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     seed_everything(cfg.seed)
     main = is_main_process()
     if not main:
@@ -125,7 +125,8 @@ def train(cfg: Config, run_dir: Path) -> dict:
         leave_outputs_to_rank_zero(own_dir, run_dir)
 
     with main_process_first():
-        train_set, test_set, classes = make_datasets(cfg, progress=main and sys.stderr.isatty())
+        train_set, test_set, annotations = make_datasets(cfg, progress=main and sys.stderr.isatty())
+    classes = annotations.classes
     loader_args = (cfg.trainer.num_workers, cfg.seed, rank, world_size, cfg.trainer.data_timeout)
     train_loader = build_loader(train_set, cfg.trainer.batch_size, True, *loader_args)
     test_loader = build_loader(test_set, evaluation_batch_size(cfg), False, *loader_args)
@@ -165,6 +166,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     if main:
         metrics["best_top1"] = trainer.progress.best_top1
         metrics["classes"] = classes
+        metrics["excluded_videos"] = annotations.excluded  # dataset.exclude: results cover the other videos
         write_metrics(run_dir / "metrics.json", metrics)
         writer.add_hparams(
             {"backbone": cfg.backbone.name, "module": cfg.module.name, "positions": ",".join(cfg.module.positions),
@@ -205,7 +207,8 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     run_cfg = checkpoint_config(cfg, saved["config"], overrides)
     check_required(run_cfg)
     device = resolve_device(run_cfg.trainer.device)
-    _, test_set, classes = make_datasets(run_cfg, progress=sys.stderr.isatty())
+    _, test_set, annotations = make_datasets(run_cfg, progress=sys.stderr.isatty())
+    classes = annotations.classes
     model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
     try:
         model.load_state_dict(saved["model"])
@@ -217,6 +220,10 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     model.to(device)
     if run_cfg.trainer.channels_last:
         to_channels_last(model)
+    log.info(
+        "evaluating on %s, precision %s%s", device, run_cfg.trainer.amp if run_cfg.trainer.amp != "off" else "float32",
+        ", channels-last" if run_cfg.trainer.channels_last else "",
+    )
     loader = build_loader(
         test_set, evaluation_batch_size(run_cfg), False, run_cfg.trainer.num_workers, run_cfg.seed, timeout=run_cfg.trainer.data_timeout
     )
@@ -225,7 +232,10 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         model, loader, device, progress=sys.stderr.isatty(), autocast_dtype=autocast_dtype(run_cfg.trainer.amp)
     )
     metrics = video_metrics(scores, labels, classes)
-    metrics.update(checkpoint=str(cfg.ckpt), failed_videos=failed, num_clips=run_cfg.test.num_clips, num_crops=run_cfg.test.num_crops)
+    metrics.update(
+        checkpoint=str(cfg.ckpt), failed_videos=failed, excluded_videos=annotations.excluded,
+        num_clips=run_cfg.test.num_clips, num_crops=run_cfg.test.num_crops,
+    )
     write_metrics(run_dir / "metrics.json", metrics)
     with open(run_dir / "predictions.csv", "w", newline="") as handle:
         out = csv.writer(handle)

@@ -244,9 +244,9 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = self.model(clips)
                 loss = nn.functional.cross_entropy(logits.float(), labels)
-            if not torch.isfinite(loss):
+            if any_process(not torch.isfinite(loss).item(), self.device):  # every rank stops, none waits in backward
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at update {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
+                    f"loss is {loss.item()} (on this process or another) at update {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
                     f"last good checkpoint: {self.run_dir / 'last.pt'}; lower optimizer.lr or set optimizer.clip_grad_norm"
                 )
             self.scaler.scale(loss / self.accumulation).backward()
