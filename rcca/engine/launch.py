@@ -22,7 +22,7 @@ from rcca.engine.checkpoints import load_checkpoint
 from rcca.engine.distributed import broadcast_object, cleanup, init_distributed, is_main_process, main_process_first
 from rcca.engine.evaluation import predict_videos, video_metrics
 from rcca.engine.trainer import Trainer, autocast_dtype, write_metrics
-from rcca.errors import UserError
+from rcca.errors import UserError, data_loading_failure
 from rcca.models.build import build_model, to_channels_last
 from rcca.models.convert import load_pretrained
 
@@ -228,9 +228,15 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         test_set, evaluation_batch_size(run_cfg), False, run_cfg.trainer.num_workers, run_cfg.seed, timeout=run_cfg.trainer.data_timeout
     )
     loader.sampler.set_epoch(0)
-    scores, labels, indices, failed = predict_videos(
-        model, loader, device, progress=sys.stderr.isatty(), autocast_dtype=autocast_dtype(run_cfg.trainer.amp)
-    )
+    try:
+        scores, labels, indices, failed = predict_videos(
+            model, loader, device, progress=sys.stderr.isatty(), autocast_dtype=autocast_dtype(run_cfg.trainer.amp)
+        )
+    except RuntimeError as error:
+        failure = data_loading_failure(error, "while testing", "test again with dataset.exclude=<file>")
+        if failure is None:
+            raise
+        raise failure from None
     metrics = video_metrics(scores, labels, classes)
     metrics.update(
         checkpoint=str(cfg.ckpt), failed_videos=failed, excluded_videos=annotations.excluded,

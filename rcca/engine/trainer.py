@@ -30,7 +30,7 @@ from rcca.engine.checkpoints import rng_state, save_checkpoint, set_rng_state
 from rcca.engine.distributed import any_process, gather_lists, is_main_process, reduce_mean
 from rcca.engine.evaluation import predict_videos, topk_correct, video_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
-from rcca.errors import UserError
+from rcca.errors import UserError, data_loading_failure
 from rcca.models.attention import RCCA3D
 
 log = logging.getLogger(__name__)
@@ -167,14 +167,13 @@ class Trainer:
                         self.save("last.pt")  # keeps best_top1 current for a resumed run
             return metrics or self.validate()  # a resumed run that had already finished still reports
         except RuntimeError as error:
-            if "DataLoader" not in str(error):
+            failure = data_loading_failure(
+                error, f"in epoch {self.progress.epoch + 1}",
+                f"continue from {self.run_dir / 'last.pt'} with dataset.exclude=<file> resume=auto",
+            )
+            if failure is None:
                 raise
-            raise UserError(
-                f"data loading failed in epoch {self.progress.epoch + 1} ({str(error).splitlines()[0]}); "
-                f"the last checkpoint is {self.run_dir / 'last.pt'}. A video that crashes or hangs the decoder "
-                "does it again on resume: find such videos with scripts/inspect_dataset.py --decode --write-exclude "
-                "<file> <overrides>, then continue with dataset.exclude=<file> resume=auto"
-            ) from None
+            raise failure from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
