@@ -1,13 +1,19 @@
-"""scripts/average_splits.py on a hand-made multirun folder."""
+"""scripts/average_splits.py on a hand-made multirun folder, and after a real per-split sweep."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import numpy as np
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import run_entry
 from rcca.config import Config
+from rcca.data.synthetic import SyntheticSpec, render_video, write_video
+
+FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_average_splits_table(tmp_path):
@@ -25,3 +31,34 @@ def test_average_splits_table(tmp_path):
         {"model": "tsm + rcca@conv3_3", "dataset": "ucf101", "splits": {"1": 80.0, "2": 70.0, "3": 90.0}, "mean": 80.0}
     ]
     assert "80.00%" in result.stdout.splitlines()[1]
+
+
+def test_ucf101_split_sweep_then_average(tmp_path):
+    # The per-split workflow on the official UCF101 layout and split files: a few real file names
+    # (2 classes, groups 1, 8, 15 and 22, one in each split's test set) written as tiny videos.
+    root = tmp_path / "UCF-101"
+    spec = SyntheticSpec(frames=12, size=64)
+    rng = np.random.default_rng(0)
+    for label, name in enumerate(["ApplyEyeMakeup", "ApplyLipstick"]):
+        for group in (1, 8, 15, 22):
+            write_video(root / name / f"v_{name}_g{group:02d}_c01.avi", render_video(label, spec, rng))
+    sweep = tmp_path / "sweep"
+    run_entry(
+        "train.py", "-m", "dataset=ucf101", f"dataset.root={root}", f"dataset.annotations={FIXTURES / 'ucf101'}",
+        "dataset.allow_missing=true", "dataset.split=1,2,3", f"hydra.sweep.dir={sweep}", "trainer.epochs=1",
+        "trainer.batch_size=2", "trainer.effective_batch_size=2", "test.batch_size=2", "trainer.num_workers=0",
+        timeout=600,
+    )
+    top1 = {}
+    for job in range(3):
+        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
+        config = OmegaConf.load(sweep / str(job) / ".hydra" / "config.yaml")
+        assert metrics["num_videos"] == 2 and len(metrics["classes"]) == 101  # the present test videos, all classes
+        top1[str(config.dataset.split)] = metrics["top1"]
+    assert sorted(top1) == ["1", "2", "3"]
+    result = run_entry("scripts/average_splits.py", str(sweep))
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert summary == [{
+        "model": "tsm + rcca@conv3_1", "dataset": "ucf101", "splits": top1,
+        "mean": pytest.approx(sum(top1.values()) / 3),
+    }]
