@@ -40,20 +40,23 @@ def cluster_environment() -> dict[str, str]:
 
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """Join the process group when launched by torchrun, submitit or srun. Returns (rank, world_size, local_rank).
+    """Join the process group when launched by torchrun, submitit or srun.
 
-    NCCL on GPUs, gloo on CPUs; a plain `python train.py` is rank 0 of 1.
+    Returns (rank, world_size, GPU index of this process). NCCL on GPUs, gloo on CPUs; a plain
+    `python train.py` is rank 0 of 1. The GPU index is the local rank among the visible GPUs,
+    which is 0 where the cluster shows each process only its own GPU.
     """
     for key, value in cluster_environment().items():
         os.environ.setdefault(key, value)  # MASTER_ADDR/PORT set by the user win
     if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
         return 0, 1, 0
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    gpu = 0
     if device_type == "cuda":
-        torch.cuda.set_device(local_rank)
+        gpu = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
+        torch.cuda.set_device(gpu)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), local_rank
+    return dist.get_rank(), dist.get_world_size(), gpu
 
 
 def is_distributed() -> bool:

@@ -113,10 +113,10 @@ def train(cfg: Config, run_dir: Path) -> dict:
     started = time.perf_counter()
     check_required(cfg)
     device = resolve_device(cfg.trainer.device)
-    rank, world_size, local_rank = init_distributed(device.type)
+    rank, world_size, gpu = init_distributed(device.type)
     own_dir, run_dir = run_dir, Path(broadcast_object(str(run_dir)))  # Hydra clocks may differ: use rank 0's folder
     if device.type == "cuda":
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", gpu)
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     seed_everything(cfg.seed)
     main = is_main_process()
@@ -146,7 +146,7 @@ def train(cfg: Config, run_dir: Path) -> dict:
     )
     runner = torch.compile(model) if cfg.trainer.compile else model
     if world_size > 1:
-        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[local_rank] if device.type == "cuda" else None)
+        runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[gpu] if device.type == "cuda" else None)
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
     config = OmegaConf.to_container(cfg, resolve=True)
     trainer = Trainer(
