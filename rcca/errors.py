@@ -8,14 +8,16 @@ class UserError(Exception):
 
 
 def data_loading_failure(error: RuntimeError, where: str, then: str) -> UserError | None:
-    """The one-line error for a DataLoader worker that died or hung (None for other errors).
+    """The one-line error for a DataLoader worker that died or hung (None for any other error).
 
     A video that crashes or hangs the decoder does so again on every run, hence the way out.
     """
-    if "DataLoader" not in str(error):
-        return None
+    text = str(error)
+    died = "DataLoader worker (pid" in text and ("exited unexpectedly" in text or "killed by signal" in text)
+    if not (died or "DataLoader timed out" in text):
+        return None  # an error raised inside a worker is reported as itself, with its traceback
     return UserError(
-        f"data loading failed {where} ({str(error).splitlines()[0]}). A video that crashes or hangs the decoder "
+        f"data loading failed {where} ({text.splitlines()[0]}). A video that crashes or hangs the decoder "
         "does it on every run: find such videos with scripts/inspect_dataset.py --decode --write-exclude <file> "
         f"<overrides>, then {then}"
     )

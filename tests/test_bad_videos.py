@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import run_entry
 from rcca.config import DatasetConfig
 from rcca.data.annotations import VideoRecord
 from rcca.data.build import ClipSampling, build_loader, load_dataset
@@ -29,7 +30,7 @@ from rcca.data.decoding import DecodeError, read_frames
 from rcca.data.synthetic import SyntheticSpec, render_video, write_video
 from rcca.data.transforms import build_test_transform, build_train_transform
 from rcca.engine.evaluation import predict_videos
-from rcca.errors import UserError
+from rcca.errors import UserError, data_loading_failure
 from rcca.models.tsm import TSMResNet
 
 T = TypeVar("T")
@@ -274,3 +275,36 @@ def test_synthetic_generator_never_replaces_a_foreign_folder(tmp_path):
     ensure_synthetic_dataset(cache, SyntheticSpec(num_train=2, num_test=2, frames=4), progress=False)
     ensure_synthetic_dataset(cache, SyntheticSpec(num_train=3, num_test=2, frames=4), progress=False)
     assert len((cache / "train.txt").read_text().splitlines()) == 3
+
+
+# --------------------------------------------------------------------------- how failures are reported
+
+
+def test_only_dead_or_hung_workers_get_the_bad_video_advice() -> None:
+    died = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Segmentation fault. ")
+    failure = data_loading_failure(died, "in epoch 3", "continue with dataset.exclude=<file> resume=auto")
+    assert isinstance(failure, UserError)
+    assert str(failure).startswith("data loading failed in epoch 3 (DataLoader worker (pid 4242) is killed by signal")
+    assert "inspect_dataset.py --decode --write-exclude" in str(failure)
+    assert data_loading_failure(RuntimeError("DataLoader timed out after 600 seconds"), "x", "y") is not None
+    # A bug inside a worker (here a collate error) must surface as itself, not as advice about videos.
+    bug = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback ...\nstack expects equal size")
+    assert data_loading_failure(bug, "in epoch 1", "y") is None
+
+
+def test_training_on_undecodable_videos_is_a_one_line_error(tmp_path: Path) -> None:
+    root = tmp_path / "videos"
+    root.mkdir()
+    for i in range(4):
+        (root / f"broken{i}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    (tmp_path / "list.txt").write_text("".join(f"broken{i}.mp4 {i % 2}\n" for i in range(4)))
+    result = run_entry(
+        "train.py", "experiment=quickstart", "dataset=video_list", f"dataset.root={root}", "dataset.num_classes=2",
+        f"dataset.train_list={tmp_path / 'list.txt'}", f"dataset.test_list={tmp_path / 'list.txt'}",
+        "trainer.batch_size=2", "trainer.effective_batch_size=2", "trainer.num_workers=2", f"hydra.run.dir={tmp_path / 'run'}",
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # decord's own lines aside
+    assert len(errors) == 1 and "10 videos in a row failed to decode" in errors[0]
+    assert "Traceback" not in result.stderr

@@ -74,9 +74,12 @@ def _wait_for(condition, timeout: float) -> None:
 
 
 def _start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen:
+    """train.py in its own process group (session), as a job under a scheduler."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
     args = [sys.executable, str(REPO / "train.py"), *TINY, f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra]
-    return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
 
 
 def _step(path: Path) -> int:
@@ -107,18 +110,27 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synthetic_cach
         assert torch.equal(resumed["model"][key], value), key
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGTERM, signal.SIGUSR2])
-def test_stop_signal_saves_last_checkpoint(tmp_path, synthetic_cache, stop_signal):
-    # SIGTERM: kill, SLURM pre-emption; SIGUSR2: submitit's warning before the time limit.
+@pytest.mark.parametrize(
+    "stop_signal, whole_job",
+    [(signal.SIGTERM, False), (signal.SIGUSR2, False), (signal.SIGTERM, True), (signal.SIGUSR2, True)],
+)
+def test_stop_signal_saves_last_checkpoint(tmp_path, synthetic_cache, stop_signal, whole_job):
+    # SIGTERM: kill, SLURM pre-emption; SIGUSR2: submitit's warning before the time limit. SLURM
+    # signals every process of the job, DataLoader workers included (`whole_job`): they must
+    # leave the stop to the main process.
     run_dir = tmp_path / "term"
-    process = _start(run_dir, synthetic_cache, "trainer.epochs=50", "trainer.checkpoint_every=1")
+    process = _start(run_dir, synthetic_cache, "trainer.epochs=50", "trainer.checkpoint_every=1", "trainer.num_workers=2")
     _wait_for(lambda: _step(run_dir / "last.pt") >= 1, timeout=120)
     os.remove(run_dir / "last.pt")
-    process.send_signal(stop_signal)
+    if whole_job:
+        os.killpg(process.pid, stop_signal)
+    else:
+        process.send_signal(stop_signal)
     _, stderr = process.communicate(timeout=60)
     assert process.returncode == 143, stderr[-2000:]
     saved = torch.load(run_dir / "last.pt", weights_only=False)
     assert saved["step"] >= 1 and saved["epoch"] < 50
+    assert (run_dir / "train.log").read_text().count("received signal") == 1  # the main process alone
 
 
 def test_init_from_with_other_class_count_reinitialises_classifier(tmp_path, synthetic_cache):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -184,6 +185,22 @@ def build_datasets(
     return train, test
 
 
+def leave_stop_signals_to_main(worker_id: int) -> None:
+    """DataLoader worker start-up: stop requests are for the main process, which then shuts its workers down.
+
+    SLURM (time limit, pre-emption, scancel) and a terminal's Ctrl-C signal every process of a job
+    at once. Workers ignore SIGINT, SIGUSR1 and SIGUSR2, and the first SIGTERM; a second SIGTERM
+    (the loader's own shutdown of a worker that does not stop) ends them as usual.
+    """
+    for stop in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(stop, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _restore_default_sigterm)
+
+
+def _restore_default_sigterm(signum: int, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def build_loader(
     dataset: VideoDataset,
     batch_size: int,
@@ -212,4 +229,5 @@ def build_loader(
         drop_last=train,
         generator=torch.Generator().manual_seed(seed),
         timeout=timeout if num_workers > 0 else 0.0,
+        worker_init_fn=leave_stop_signals_to_main,
     )

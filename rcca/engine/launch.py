@@ -18,6 +18,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from rcca.config import Config
 from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dataset
+from rcca.data.decoding import DecodeError
 from rcca.engine.checkpoints import load_checkpoint
 from rcca.engine.distributed import broadcast_object, cleanup, init_distributed, is_main_process, main_process_first
 from rcca.engine.evaluation import predict_videos, video_metrics
@@ -31,10 +32,11 @@ log = logging.getLogger("rcca")
 
 @contextmanager
 def user_errors():
-    """Turn user errors (UserError, missing files, bad values) into one line on stderr and exit code 2."""
+    """Turn user errors (UserError, missing files, bad values, a dataset that cannot be decoded) into
+    one line on stderr and exit code 2."""
     try:
         yield
-    except (UserError, FileNotFoundError, ValueError) as error:
+    except (UserError, FileNotFoundError, ValueError, DecodeError) as error:
         lines = [line for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
         # An error raised in a DataLoader worker arrives wrapped: its own message is the last line.
         message = lines[-1] if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] else lines[0]

@@ -153,7 +153,7 @@ class Trainer:
         try:
             while self.progress.epoch < self.cfg.epochs:
                 self._train_epoch()
-                if self.stop_requested:
+                if any_process(self.stop_requested, self.device):  # a signal may reach one rank after the last update
                     self.save("last.pt")
                     log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")
                     sys.exit(143)
