@@ -188,17 +188,19 @@ needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs
 )
 def test_torchrun_two_processes(tmp_path, synthetic_cache, device, extra):
     # gloo on CPUs, NCCL on GPUs; 2 processes x batch 4 = the effective batch of 8 (no accumulation).
-    run_dir = tmp_path / "ddp"
+    # A two-job sweep: the jobs share one process group, one after the other.
+    sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"),
-        *TINY, f"data.cache_dir={synthetic_cache}", f"hydra.run.dir={run_dir}", "trainer.epochs=1",
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"), "-m",
+        *TINY, f"data.cache_dir={synthetic_cache}", f"hydra.sweep.dir={sweep}", "trainer.epochs=1", "seed=0,1",
         "trainer.num_workers=0", f"trainer.device={device}", *extra,
     ]
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("done: 1 epochs") == 1  # rank 0 alone reports
-    saved = torch.load(run_dir / "last.pt", weights_only=False)
-    assert saved["step"] == 4  # 32 videos / (2 processes x 4 clips) = 4 updates, no accumulation
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["num_videos"] == 16  # each test video counted once across the two processes
+    assert result.stdout.count("done: 1 epochs") == 2  # rank 0 alone reports, once per job
+    for job in ("0", "1"):
+        saved = torch.load(sweep / job / "last.pt", weights_only=False)
+        assert saved["step"] == 4 and saved["config"]["seed"] == int(job)  # 32 videos / (2 processes x 4 clips)
+        metrics = json.loads((sweep / job / "metrics.json").read_text())
+        assert metrics["num_videos"] == 16  # each test video counted once across the two processes

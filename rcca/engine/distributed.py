@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import os
 import zlib
 from collections.abc import Iterator
@@ -54,8 +55,9 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
     if device_type == "cuda":
         gpu = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
         torch.cuda.set_device(gpu)
-    if not dist.is_initialized():
+    if not dist.is_initialized():  # once per process: the jobs of a Hydra sweep share the group
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        atexit.register(dist.destroy_process_group)
     return dist.get_rank(), dist.get_world_size(), gpu
 
 
@@ -125,8 +127,3 @@ def main_process_first() -> Iterator[None]:
     yield
     if is_distributed() and is_main_process():
         dist.barrier()
-
-
-def cleanup() -> None:
-    if is_distributed():
-        dist.destroy_process_group()

@@ -20,7 +20,9 @@ from rcca.config import Config
 from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dataset
 from rcca.data.decoding import DecodeError
 from rcca.engine.checkpoints import load_checkpoint
-from rcca.engine.distributed import broadcast_object, cleanup, init_distributed, is_main_process, main_process_first
+from rcca.engine.distributed import (
+    broadcast_object, init_distributed, is_distributed, is_main_process, main_process_first,
+)
 from rcca.engine.evaluation import predict_videos, video_metrics
 from rcca.engine.trainer import Trainer, autocast_dtype, write_metrics
 from rcca.errors import UserError, data_loading_failure
@@ -42,6 +44,12 @@ def user_errors():
         message = lines[-1] if lines[0].startswith("Caught ") and "DataLoader worker" in lines[0] else lines[0]
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except Exception:
+        if not is_distributed():
+            raise
+        # One process of several: a Hydra sweep would go on to its next job out of step with the others.
+        log.exception("this process failed; stopping it")
+        sys.exit(1)
 
 
 def check_required(cfg: DictConfig) -> None:
@@ -182,7 +190,6 @@ def train(cfg: Config, run_dir: Path) -> dict:
             f"done: {cfg.trainer.epochs} epochs in {minutes:.1f} min; video top-1 {metrics['top1']:.2f}%, "
             f"top-5 {metrics['top5']:.2f}% (best top-1 {trainer.progress.best_top1:.2f}%); outputs in {run_dir}"
         )
-    cleanup()
     return metrics
 
 
