@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY
-from rcca.engine.distributed import cluster_environment
+from rcca.engine.distributed import cluster_environment, first_host
 
 
 @pytest.fixture
@@ -24,15 +24,30 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_srun_step_gives_rank_world_size_and_first_host(clean_environment):
+    # A 2-node step inside a larger allocation: the step's own variables, not the job's, decide.
     for name, value in {
-        "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-        "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242",
+        "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "8", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+        "SLURM_STEP_NUM_NODES": "2", "SLURM_STEP_NODELIST": "gpu[08-09]", "SLURM_JOB_NODELIST": "gpu[07-10]",
+        "SLURM_JOB_ID": "4242", "SLURM_STEP_ID": "3",
     }.items():
         clean_environment.setenv(name, value)
-    assert cluster_environment() == {
-        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07",
-        "MASTER_PORT": str(20000 + zlib.crc32(b"4242") % 20000),
+    environment = cluster_environment()
+    assert environment == {
+        "RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu08",
+        "MASTER_PORT": str(10000 + zlib.crc32(b"4242.3") % 20000),
     }
+    clean_environment.setenv("SLURM_STEP_ID", "4")  # another step of the same job, maybe on the same node
+    assert cluster_environment()["MASTER_PORT"] != environment["MASTER_PORT"]
+    clean_environment.setenv("SLURM_STEP_NUM_NODES", "1")
+    assert cluster_environment()["MASTER_ADDR"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "nodelist, host",
+    [("node1", "node1"), ("node1,node2", "node1"), ("gpu[07-08]", "gpu07"), ("a[3,5-6],b[1-2]", "a3"), ("x[012]", "x012")],
+)
+def test_first_host_of_a_slurm_node_list(nodelist, host):
+    assert first_host(nodelist) == host
 
 
 def test_single_process_cases_add_nothing(clean_environment):
@@ -65,6 +80,7 @@ def test_submitit_launcher_runs_a_two_process_job(tmp_path, synthetic_cache):
     env = {name: value for name, value in os.environ.items() if not name.startswith(("SLURM_", "SUBMITIT_"))}
     result = subprocess.run(
         [sys.executable, str(REPO / "train.py"), "-m", "hydra/launcher=submitit_local", "hydra.launcher.tasks_per_node=2",
+         "hydra.launcher.timeout_min=5",
          f"hydra.sweep.dir={sweep}", *TINY, f"data.cache_dir={synthetic_cache}", "trainer.epochs=1",
          "trainer.num_workers=0", "trainer.device=cpu"],
         cwd=REPO, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},

@@ -11,33 +11,53 @@ from contextlib import contextmanager
 import submitit
 import torch
 import torch.distributed as dist
-from submitit.slurm.slurm import SlurmJobEnvironment
 
 
 def cluster_environment() -> dict[str, str]:
     """torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR/PORT) for a process that
-    torchrun did not start: a task of Hydra's submitit launcher (SLURM or local), or of a plain
-    `srun` step with several tasks. Empty when there is nothing to add (torchrun, a single process).
+    torchrun did not start: a task of an `srun` step with several tasks (which is how Hydra's
+    submitit launcher runs SLURM jobs) or of submitit's local executor. Empty when there is
+    nothing to add (torchrun, a single process).
 
     A SLURM batch script's own process is not a step (no SLURM_STEP_NUM_TASKS): it stays one process.
     """
-    if "WORLD_SIZE" in os.environ:
+    env = os.environ
+    if "WORLD_SIZE" in env:
         return {}
-    if os.environ.get("SUBMITIT_EXECUTOR"):
+    if int(env.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
+        one_node = int(env.get("SLURM_STEP_NUM_NODES", "1")) == 1
+        return {
+            "RANK": env["SLURM_PROCID"],
+            "WORLD_SIZE": env["SLURM_STEP_NUM_TASKS"],
+            "LOCAL_RANK": env["SLURM_LOCALID"],
+            "MASTER_ADDR": "127.0.0.1" if one_node else first_host(env["SLURM_STEP_NODELIST"]),
+            "MASTER_PORT": rendezvous_port(f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"),
+        }
+    if env.get("SUBMITIT_EXECUTOR") == "local":
         job = submitit.JobEnvironment()
-    elif int(os.environ.get("SLURM_STEP_NUM_TASKS", "1")) > 1:
-        job = SlurmJobEnvironment()
-    else:
-        return {}
-    if job.num_tasks == 1:
-        return {}
-    return {
-        "RANK": str(job.global_rank),
-        "WORLD_SIZE": str(job.num_tasks),
-        "LOCAL_RANK": str(job.local_rank),
-        "MASTER_ADDR": "127.0.0.1" if job.num_nodes == 1 else job.hostnames[0],
-        "MASTER_PORT": str(20000 + zlib.crc32(job.job_id.encode()) % 20000),  # the same on every task of the job
-    }
+        if job.num_tasks > 1:
+            return {
+                "RANK": str(job.global_rank),
+                "WORLD_SIZE": str(job.num_tasks),
+                "LOCAL_RANK": str(job.local_rank),
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": rendezvous_port(job.job_id),
+            }
+    return {}
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: "gpu[07-08,11],cpu1" -> "gpu07"."""
+    first = nodelist.split(",", 1)[0]
+    if "[" not in first:
+        return first
+    prefix, ranges = nodelist.split("[", 1)
+    return prefix + ranges.split("]")[0].split(",")[0].split("-")[0]
+
+
+def rendezvous_port(key: str) -> str:
+    """A port in 10000-29999 derived from `key`: the same on every task of a step, below Linux's ephemeral range."""
+    return str(10000 + zlib.crc32(key.encode()) % 20000)
 
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
