@@ -89,16 +89,24 @@ def _step(path: Path) -> int:
         return -1
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, synthetic_cache):
-    # 32 videos / batch 8 = 4 updates per epoch; checkpoints after every update.
+@pytest.mark.parametrize("stop", ["sigkill", "job_wide_sigterm"])
+def test_resume_after_a_stop_matches_uninterrupted_run(tmp_path, synthetic_cache, stop):
+    # 32 videos / batch 8 = 4 updates per epoch of 2 micro-batches; checkpoints after every update.
+    # SIGKILL: resume from the last checkpoint. SIGTERM to the whole job (SLURM): the data workers
+    # die with it, and the trainer saves the state of its last complete update.
     common = ("trainer.epochs=2", "trainer.checkpoint_every=1", "backbone.dropout=0.5", "trainer.num_workers=2")
     full_dir, _ = tiny_run(tmp_path, synthetic_cache, "full", *common)
 
     killed_dir = tmp_path / "killed"
     process = _start(killed_dir, synthetic_cache, *common)
     _wait_for(lambda: _step(killed_dir / "last.pt") >= 2, timeout=120)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    if stop == "sigkill":
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    else:
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+        assert process.returncode == 143, stderr[-2000:]
     interrupted = torch.load(killed_dir / "last.pt", weights_only=False)
     assert interrupted["step"] < 8 and interrupted["batches_in_epoch"] % 2 == 0
 

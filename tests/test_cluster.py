@@ -44,7 +44,10 @@ def test_srun_step_gives_rank_world_size_and_first_host(clean_environment):
 
 @pytest.mark.parametrize(
     "nodelist, host",
-    [("node1", "node1"), ("node1,node2", "node1"), ("gpu[07-08]", "gpu07"), ("a[3,5-6],b[1-2]", "a3"), ("x[012]", "x012")],
+    [
+        ("node1", "node1"), ("node1,node2", "node1"), ("gpu[07-08]", "gpu07"), ("a[3,5-6],b[1-2]", "a3"),
+        ("x[012]", "x012"), ("n[1-2]-ib", "n1-ib"), ("rack[1-2]-node[01-04],c7", "rack1-node01"),
+    ],
 )
 def test_first_host_of_a_slurm_node_list(nodelist, host):
     assert first_host(nodelist) == host

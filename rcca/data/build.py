@@ -186,19 +186,15 @@ def build_datasets(
 
 
 def leave_stop_signals_to_main(worker_id: int) -> None:
-    """DataLoader worker start-up: stop requests are for the main process, which then shuts its workers down.
+    """DataLoader worker start-up: Ctrl-C and SLURM's warning signals are for the main process.
 
-    SLURM (time limit, pre-emption, scancel) and a terminal's Ctrl-C signal every process of a job
-    at once. Workers ignore SIGINT, SIGUSR1 and SIGUSR2, and the first SIGTERM; a second SIGTERM
-    (the loader's own shutdown of a worker that does not stop) ends them as usual.
+    A terminal's Ctrl-C and SLURM's `--signal` / submitit warnings reach every process of a job at
+    once; workers ignore SIGINT, SIGUSR1 and SIGUSR2, and the main process stops after its current
+    update. SIGTERM keeps PyTorch's worker handler, so workers always end when told to; a job-wide
+    SIGTERM ends them, and the trainer then saves the state of its last complete update.
     """
     for stop in (signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(stop, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, _restore_default_sigterm)
-
-
-def _restore_default_sigterm(signum: int, frame) -> None:
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def build_loader(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 import submitit
 import torch
 import torch.distributed as dist
+
+from rcca.errors import UserError
 
 
 def cluster_environment() -> dict[str, str]:
@@ -47,12 +50,14 @@ def cluster_environment() -> dict[str, str]:
 
 
 def first_host(nodelist: str) -> str:
-    """The first host of a SLURM node list: "gpu[07-08,11],cpu1" -> "gpu07"."""
-    first = nodelist.split(",", 1)[0]
-    if "[" not in first:
-        return first
-    prefix, ranges = nodelist.split("[", 1)
-    return prefix + ranges.split("]")[0].split(",")[0].split("-")[0]
+    """The first host of a SLURM node list: "gpu[07-08,11],cpu1" -> "gpu07", "r[1-2]-n[01-04]-ib" -> "r1-n01-ib"."""
+    depth, end = 0, len(nodelist)
+    for i, char in enumerate(nodelist):
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            end = i
+            break
+    return re.sub(r"\[([^\]]*)\]", lambda ranges: re.split("[,-]", ranges.group(1))[0], nodelist[:end])
 
 
 def rendezvous_port(key: str) -> str:
@@ -75,9 +80,12 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
     if device_type == "cuda":
         gpu = int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count()
         torch.cuda.set_device(gpu)
+    backend = "nccl" if device_type == "cuda" else "gloo"
     if not dist.is_initialized():  # once per process: the jobs of a Hydra sweep share the group
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        dist.init_process_group(backend)
         atexit.register(dist.destroy_process_group)
+    elif dist.get_backend() != backend:
+        raise UserError(f"trainer.device changed within a multi-process sweep ({dist.get_backend()} -> {backend}): sweep it in separate runs")
     return dist.get_rank(), dist.get_world_size(), gpu
 
 

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 from torch import nn
@@ -154,9 +155,7 @@ class Trainer:
             while self.progress.epoch < self.cfg.epochs:
                 self._train_epoch()
                 if any_process(self.stop_requested, self.device):  # a signal may reach one rank after the last update
-                    self.save("last.pt")
-                    log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")
-                    sys.exit(143)
+                    self._save_and_exit()
                 self.save("last.pt")  # the epoch is safe before validation starts
                 epoch = self.progress.epoch
                 if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
@@ -167,6 +166,8 @@ class Trainer:
                         self.save("last.pt")  # keeps best_top1 current for a resumed run
             return metrics or self.validate()  # a resumed run that had already finished still reports
         except RuntimeError as error:
+            if self.stop_requested:  # a job-wide stop signal (SLURM) also ended the data workers
+                self._save_and_exit()
             failure = data_loading_failure(
                 error, f"in epoch {self.progress.epoch + 1}",
                 f"continue from {self.run_dir / 'last.pt'} with dataset.exclude=<file> resume=auto",
@@ -178,6 +179,29 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _mark_update_boundary(self) -> None:
+        """Remember where the last complete update left off: what a stop in between saves.
+
+        Weights change only at updates, but BatchNorm statistics change at every micro-batch.
+        """
+        self._boundary = {
+            "epoch": self.progress.epoch,
+            "batches_in_epoch": self.progress.batches_in_epoch,
+            "rng": rng_state(),
+            "buffers": {name: b.detach().clone() for name, b in self.bare_model.named_buffers()},
+        }
+
+    def _save_and_exit(self) -> NoReturn:
+        """Save last.pt as of the last complete update (a resumed run repeats nothing and skips nothing); exit 143."""
+        if is_main_process():
+            state = self.state_dict()
+            boundary = dict(self._boundary)
+            buffers = boundary.pop("buffers")
+            state["model"] = {k: buffers.get(k, v) for k, v in state["model"].items()}
+            save_checkpoint({**state, **boundary}, self.run_dir / "last.pt")
+        log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")
+        sys.exit(143)
+
     def _request_stop(self, signum: int, frame) -> None:
         log.warning("received signal %d: saving last.pt after the current step", signum)
         self.stop_requested = True
@@ -187,6 +211,7 @@ class Trainer:
         epoch = self.progress.epoch
         batch_size = self.cfg.batch_size
         self.train_loader.sampler.set_epoch(epoch, start=self.progress.batches_in_epoch * batch_size)
+        self._mark_update_boundary()
         total_batches = self.updates_per_epoch * self.accumulation
         bar = tqdm(
             total=total_batches,
@@ -214,6 +239,7 @@ class Trainer:
             bar.update(1)
             if self.progress.batches_in_epoch % self.accumulation == 0:
                 self._update()
+                self._mark_update_boundary()
                 if self.cfg.checkpoint_every and self.progress.step % self.cfg.checkpoint_every == 0:
                     self.save("last.pt")
                 if self.progress.step % self.cfg.log_every == 0:
@@ -227,6 +253,7 @@ class Trainer:
         bar.close()
         self.progress.epoch += 1
         self.progress.batches_in_epoch = 0
+        self._mark_update_boundary()
 
     @staticmethod
     def _new_window() -> dict:
