@@ -138,6 +138,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = 0  # seed of model init, sampling and augmentation
     resume: Optional[str] = None  # auto (this run folder's last.pt) or a checkpoint path
+    overwrite: bool = False  # let a fresh run (no resume) replace the checkpoints already in its run folder
     init_from: Optional[str] = None  # checkpoint whose weights start a new run (fine-tuning)
     init_from_format: str = "rcca"  # init_from file format: rcca (this framework), tsm or mfnet (official releases)
     ckpt: Optional[str] = None  # test.py: checkpoint to evaluate

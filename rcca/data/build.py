@@ -50,7 +50,7 @@ def read_annotations(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, A
     root = Path(cfg.root)
     if cfg.name == "synthetic":
         spec = SyntheticSpec(**{k: getattr(cfg.synthetic, k) for k in SyntheticSpec.__dataclass_fields__})
-        ensure_synthetic_dataset(root, spec, progress=progress)
+        root = ensure_synthetic_dataset(root, spec, progress=progress)
         kwargs = {"train_list": root / "train.txt", "test_list": root / "test.txt",
                   "class_names": (root / "classes.txt").read_text().split()}
         name = "video_list"
