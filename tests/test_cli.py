@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO, TINY, run_entry
+from rcca.data.synthetic import SyntheticSpec, set_folder_name
 
 
 def tiny_run(tmp_path: Path, cache: Path, name: str, *extra: str, check: bool = True):
@@ -144,7 +145,7 @@ def test_stop_signal_saves_last_checkpoint(tmp_path, synthetic_cache, stop_signa
 def test_init_from_with_other_class_count_reinitialises_classifier(tmp_path, synthetic_cache):
     source_dir, _ = tiny_run(tmp_path, synthetic_cache, "source", "trainer.epochs=1")
     # The same videos relabelled into 2 classes (a video_list dataset), fine-tuned from the 8-class run.
-    root = synthetic_cache / "synthetic"
+    root = synthetic_cache / "synthetic" / set_folder_name(SyntheticSpec(num_train=32, num_test=16, frames=12))
     lists = {}
     for split in ("train", "test"):
         lines = [line.split() for line in (root / f"{split}.txt").read_text().splitlines()]

@@ -8,6 +8,8 @@ import pytest
 import torch
 import torchvision
 
+from rcca.engine.checkpoints import read_checkpoint
+from rcca.errors import UserError
 from rcca.models.convert import (
     LoadReport,
     convert_mfnet_checkpoint,
@@ -92,7 +94,7 @@ def test_load_tsm_checkpoint_every_tensor(tmp_path, resnet50_state):
     path = tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e50.pth"
     torch.save(full_tsm_checkpoint({official_tsm_name(k): v for k, v in resnet50_state.items()}), path)
     model = TSMResNet(depth=50, num_classes=400)
-    report = load_pretrained(model, path, "tsm")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "tsm")
     assert isinstance(report, LoadReport)
     assert report.skipped == [] and report.new == []
     assert sorted(report.loaded) == sorted(model.state_dict())
@@ -105,7 +107,7 @@ def test_tsm_classifier_for_other_classes_skipped(tmp_path, resnet50_state):
     path = tmp_path / "tsm.pth"
     torch.save(full_tsm_checkpoint(official), path)
     model = TSMResNet(depth=50, num_classes=101)
-    report = load_pretrained(model, path, "tsm")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "tsm")
     assert sorted(report.skipped) == ["fc.bias", "fc.weight", "layer1.0.extra.weight"]
     assert "(400, 2048)" in report.reasons["fc.weight"] and "(101, 2048)" in report.reasons["fc.weight"]
     assert report.reasons["layer1.0.extra.weight"] == "not in the model"
@@ -132,13 +134,13 @@ def test_tsm_nonlocal_checkpoint(tmp_path):
     insert_context_modules(
         target.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True), block_out_channels
     )
-    report = load_pretrained(target, path, "tsm")
+    report = load_pretrained(target, read_checkpoint(path, "init_from"), "tsm")
     assert report.skipped == [] and report.new == []
     assert_loaded(target, source, sorted(target.state_dict()))
 
     # Into a plain TSM: the backbone loads, the non-local tensors are reported as unknown.
     plain = TSMResNet(depth=50, num_classes=400)
-    report = load_pretrained(plain, path, "tsm")
+    report = load_pretrained(plain, read_checkpoint(path, "init_from"), "tsm")
     assert report.new == []
     assert report.skipped and all(".context." in k for k in report.skipped)
     assert len(report.skipped) == 5 * 13  # theta/phi/g/out weight+bias, bn weight/bias/stats/count
@@ -170,7 +172,7 @@ def test_load_mfnet_checkpoint_every_tensor(tmp_path, mfnet_state):
     path = tmp_path / "MFNet3D_Kinetics-400_72.8.pth"
     torch.save({"epoch": 0, "state_dict": official}, path)
     model = MFNet3D(num_classes=400)
-    report = load_pretrained(model, path, "mfnet")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "mfnet")
     assert report.skipped == [] and report.new == []
     assert sorted(report.loaded) == sorted(converted)
     assert_loaded(model, mfnet_state, report.loaded)
@@ -182,7 +184,7 @@ def test_mfnet_classifier_for_other_classes_skipped(tmp_path, mfnet_state):
     path = tmp_path / "mfnet.pth"
     torch.save({"epoch": 0, "state_dict": official}, path)
     model = MFNet3D(num_classes=101)
-    report = load_pretrained(model, path, "mfnet")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "mfnet")
     assert sorted(report.skipped) == ["classifier.bias", "classifier.weight", "conv9.weight"]
     assert sorted(report.new) == ["classifier.bias", "classifier.weight"]
     assert_loaded(model, mfnet_state, report.loaded)
@@ -201,7 +203,7 @@ def test_mfnet_2d_imagenet_kernels_inflated(tmp_path, mfnet_state):
     path = tmp_path / "MFNet2D_ImageNet1k-0000.pth"
     torch.save(state_2d, path)
     model = MFNet3D(num_classes=101)
-    report = load_pretrained(model, path, "mfnet")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "mfnet")
     assert sorted(report.skipped) == ["classifier.bias", "classifier.weight"]
     state = model.state_dict()
     kernel = state["conv2.B01.conv_m1.conv.weight"]  # 3 x 3 x 3: each time slice = 2-D kernel / 3
@@ -218,15 +220,15 @@ def test_load_rcca_checkpoint(tmp_path, mfnet_state):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": mfnet_state, "epoch": 3, "optimizer": {}}, path)
     model = MFNet3D(num_classes=400)
-    report = load_pretrained(model, path, "rcca")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "rcca")
     assert report.skipped == [] and report.new == []
     assert_loaded(model, mfnet_state, sorted(model.state_dict()))
 
 
 def test_missing_file_names_path_and_config_key(tmp_path):
     path = tmp_path / "nowhere.pth"
-    with pytest.raises(FileNotFoundError) as info:
-        load_pretrained(MFNet3D(num_classes=10), path, "mfnet")
+    with pytest.raises(UserError) as info:
+        read_checkpoint(path, "init_from")
     message = str(info.value)
     assert str(path) in message and "init_from" in message and "\n" not in message
 
@@ -235,13 +237,13 @@ def test_bad_kind_and_wrong_checkpoint(tmp_path, mfnet_state):
     path = tmp_path / "mfnet.pth"
     torch.save({"state_dict": {"module." + k: v for k, v in mfnet_state.items()}}, path)
     with pytest.raises(ValueError, match="choose one of"):
-        load_pretrained(MFNet3D(num_classes=10), path, "i3d")
+        load_pretrained(MFNet3D(num_classes=10), read_checkpoint(path, "init_from"), "i3d")
     with pytest.raises(ValueError, match="not a ResNet"):
-        load_pretrained(TSMResNet(depth=18, num_classes=10), path, "tsm")
+        load_pretrained(TSMResNet(depth=18, num_classes=10), read_checkpoint(path, "init_from"), "tsm")
     with pytest.raises(ValueError, match="none of its"):
-        load_pretrained(TSMResNet(depth=18, num_classes=10), path, "mfnet")
+        load_pretrained(TSMResNet(depth=18, num_classes=10), read_checkpoint(path, "init_from"), "mfnet")
     with pytest.raises(ValueError, match="'model'"):
-        load_pretrained(MFNet3D(num_classes=10), path, "rcca")
+        load_pretrained(MFNet3D(num_classes=10), read_checkpoint(path, "init_from"), "rcca")
 
 
 def test_context_modules_are_new_after_backbone_load(tmp_path, mfnet_state):
@@ -249,28 +251,158 @@ def test_context_modules_are_new_after_backbone_load(tmp_path, mfnet_state):
     torch.save({"epoch": 0, "state_dict": {"module." + k: v for k, v in mfnet_state.items()}}, path)
     model = MFNet3D(num_classes=400)
     insert_context_modules(model.residual_blocks(), ["conv3_1"], NonLocal3D, unit_out_channels)
-    report = load_pretrained(model, path, "mfnet")
+    report = load_pretrained(model, read_checkpoint(path, "init_from"), "mfnet")
     assert report.skipped == []
     assert report.new and all(k.startswith("conv3.B01.context.") for k in report.new)
 
 
-def test_checkpoint_with_pickled_objects_loads_with_warning(tmp_path, mfnet_state):
-    import argparse
+class WritesMarker:
+    """Unpickling an instance runs `Path(marker).write_text(...)`: what a malicious checkpoint does."""
 
-    path = tmp_path / "with_args.pth"
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        import pathlib
+
+        return pathlib.Path.write_text, (pathlib.Path(self.marker), "code ran")
+
+
+def test_checkpoint_that_would_run_code_is_refused(tmp_path, mfnet_state):
+    marker = tmp_path / "marker.txt"
+    path = tmp_path / "evil.pth"
     official = {"module." + k: v for k, v in mfnet_state.items()}
-    torch.save({"epoch": 0, "state_dict": official, "args": argparse.Namespace(lr=0.1)}, path)
-    model = MFNet3D(num_classes=400)
-    with pytest.warns(UserWarning, match="not a weights-only file"):
-        report = load_pretrained(model, path, "mfnet")
+    torch.save({"epoch": 0, "state_dict": official, "payload": WritesMarker(str(marker))}, path)
+    with pytest.raises(UserError, match="refused, reading it would need") as info:
+        read_checkpoint(path, "init_from")
+    assert "\n" not in str(info.value) and str(path) in str(info.value)
+    assert not marker.exists()
+    torch.load(path, weights_only=False)  # what the refused file would have done
+    assert marker.read_text() == "code ran"
+
+
+@pytest.mark.parametrize("content", [b"just some text\n", b""])
+def test_text_and_empty_files_are_one_line_errors(tmp_path, content):
+    path = tmp_path / "notes.pt"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match="is not a") as info:
+        read_checkpoint(path, "resume")
+    assert "\n" not in str(info.value) and "resume=" in str(info.value)
+
+
+def test_truncated_checkpoint_and_folder_are_one_line_errors(tmp_path, mfnet_state):
+    path = tmp_path / "last.pt"
+    torch.save({"model": mfnet_state}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(UserError, match="not a complete PyTorch checkpoint") as info:
+        read_checkpoint(path, "resume")
+    assert "\n" not in str(info.value)
+    with pytest.raises(UserError, match="is a folder"):
+        read_checkpoint(tmp_path, "ckpt")
+
+
+def test_numpy_values_of_released_checkpoints_load(tmp_path, mfnet_state):
+    import numpy as np
+
+    path = tmp_path / "release.pth"
+    official = {"module." + k: v for k, v in mfnet_state.items()}
+    torch.save({"epoch": 0, "state_dict": official, "best_prec1": np.float64(71.2), "rng": np.random.get_state()}, path)
+    checkpoint = read_checkpoint(path, "init_from")
+    assert checkpoint["best_prec1"] == 71.2
+    report = load_pretrained(MFNet3D(num_classes=400), checkpoint, "mfnet")
     assert report.skipped == [] and report.new == []
+
+
+def shift_reference(model: torchvision.models.ResNet, clips: torch.Tensor, num_segments: int, place: str) -> torch.Tensor:
+    """Logits of TSM built by hand from a torchvision ResNet: forward pre-hooks shift each block's input
+    ("block") or the input of its conv1 ("blockres"), as the official TemporalShift wrapper does."""
+    from rcca.models.tsm import temporal_shift
+
+    def shift(module, inputs):
+        return (temporal_shift(inputs[0], num_segments, 8),)
+
+    hooks = []
+    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+        for block in stage:
+            hooks.append((block if place == "block" else block.conv1).register_forward_pre_hook(shift))
+    n, c, t, h, w = clips.shape
+    logits = model(clips.transpose(1, 2).reshape(n * t, c, h, w)).view(n, t, -1).mean(1)
+    for hook in hooks:
+        hook.remove()
+    return logits
+
+
+def test_block_shift_checkpoint_needs_and_gets_block_placement(tmp_path):
+    torch.manual_seed(0)
+    reference = torchvision.models.resnet18(num_classes=10).eval()
+    official = {}
+    for name, value in reference.state_dict().items():
+        name = re.sub(r"^(layer\d+\.\d+)\.", r"\1.net.", name)  # TemporalShift(block).net
+        official[("module.new_fc." + name[3:]) if name.startswith("fc.") else "module.base_model." + name] = value
+    path = tmp_path / "TSM_something_shift8_block.pth"
+    torch.save(full_tsm_checkpoint(official), path)
+    checkpoint = read_checkpoint(path, "init_from")
+
+    with pytest.raises(ValueError, match="backbone.shift_place=block") as info:
+        load_pretrained(TSMResNet(depth=18, num_classes=10), checkpoint, "tsm", f"init_from={path}")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+    model = TSMResNet(depth=18, num_classes=10, shift_place="block").eval()
+    report = load_pretrained(model, checkpoint, "tsm")
+    assert report.skipped == [] and report.new == []
+    clips = torch.randn(2, 3, 8, 64, 64)
+    with torch.no_grad():
+        expected = shift_reference(reference, clips, 8, "block")
+        assert torch.allclose(model(clips), expected, atol=1e-5)
+        other = shift_reference(reference, clips, 8, "blockres")
+        assert (other - expected).abs().max() > 1e-3  # the placement matters
+
+
+def test_plain_tsn_checkpoint_into_tsm_needs_the_tsn_format(tmp_path, resnet50_state):
+    official = {"module.base_model." + k: v for k, v in resnet50_state.items()}  # no `.net.` anywhere
+    path = tmp_path / "TSN_kinetics_resnet50.pth"
+    torch.save(full_tsm_checkpoint(official), path)
+    checkpoint = read_checkpoint(path, "init_from")
+    with pytest.raises(ValueError, match="init_from_format=tsn"):
+        load_pretrained(TSMResNet(depth=50, num_classes=400), checkpoint, "tsm")
+    model = TSMResNet(depth=50, num_classes=400)
+    report = load_pretrained(model, checkpoint, "tsn")
+    assert report.skipped == [] and report.new == []
+    assert_loaded(model, resnet50_state, report.loaded)
+
+
+def test_subsampled_nonlocal_release_needs_subsample(tmp_path):
+    torch.manual_seed(0)
+    source = TSMResNet(depth=50, num_classes=400)
+    insert_context_modules(source.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True), block_out_channels)
+    path = tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_dense_nl.pth"
+    torch.save(full_tsm_checkpoint({official_tsm_nl_name(k): v for k, v in source.state_dict().items()}), path)
+    target = TSMResNet(depth=50, num_classes=400)
+    insert_context_modules(target.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=False), block_out_channels)
+    with pytest.raises(ValueError, match="module.subsample=true"):
+        load_pretrained(target, read_checkpoint(path, "init_from"), "tsm")
+
+
+def test_rcca_checkpoint_settings_that_change_the_computation_are_compared(tmp_path):
+    model = TSMResNet(depth=18, num_classes=10, width=16)
+    insert_context_modules(model.residual_blocks(), ["conv3_1"], lambda c: NonLocal3D(c, subsample=True), block_out_channels)
+    config = {"backbone": {"name": "tsm", "shift_div": 8, "shift_place": "blockres"},
+              "module": {"name": "nl", "subsample": True}}
+    path = tmp_path / "best.pt"
+    torch.save({"model": model.state_dict(), "config": config}, path)
+    checkpoint = read_checkpoint(path, "init_from")
+    assert load_pretrained(model, checkpoint, "rcca").skipped == []
+    other = TSMResNet(depth=18, num_classes=10, width=16, shift_div=4)
+    insert_context_modules(other.residual_blocks(), ["conv3_1"], lambda c: NonLocal3D(c, subsample=False), block_out_channels)
+    with pytest.raises(ValueError, match="backbone.shift_div=8, module.subsample=true"):
+        load_pretrained(other, checkpoint, "rcca")
 
 
 def test_own_checkpoint_with_rng_state_loads_silently(tmp_path, mfnet_state, recwarn):
-    import numpy as np
+    from rcca.engine.checkpoints import rng_state
 
     path = tmp_path / "last.pt"
-    torch.save({"model": mfnet_state, "rng": {"numpy": np.random.get_state()}, "epoch": 1}, path)
-    report = load_pretrained(MFNet3D(num_classes=400), path, "rcca")
+    torch.save({"model": mfnet_state, "rng": rng_state(), "epoch": 1}, path)
+    report = load_pretrained(MFNet3D(num_classes=400), read_checkpoint(path, "init_from"), "rcca")
     assert report.skipped == [] and report.new == []
-    assert not [w for w in recwarn if "weights-only" in str(w.message)]
+    assert not recwarn.list

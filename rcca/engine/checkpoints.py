@@ -1,47 +1,125 @@
-"""Checkpoint files: atomic writes and the layout every part of rcca reads.
+"""Checkpoint files: the one reader (weights-only, never runs pickled code) and the one atomic writer.
 
-A checkpoint is a dict with `model` (state dict), `config` (the resolved run config as a
-plain dict), `classes`, `epoch`, `step`, and, for resuming, `optimizer`, `scheduler`,
-`rng` and `best_top1`.
+A checkpoint written by rcca is a dict of plain values and tensors:
+`model` (state dict), `config` (the resolved run config as a plain dict), `classes`, `epoch`,
+`batches_in_epoch`, `step`, `validated` (whether epoch `epoch`'s validation is done), and, for
+resuming, `optimizer`, `scheduler`, `scaler`, `rng` and `best_top1`. The RNG states are stored
+as ints, tuples and tensors, so reading one needs nothing but `torch.load(weights_only=True)`.
+
+Released checkpoints (official TSM, MF-Net) and files of earlier rcca versions may also hold
+NumPy arrays and scalars; those few data-only NumPy types are the only globals allowed. A file
+that needs any other global (a class, a function) could run code while it is unpickled: it is
+refused with a one-line error, and nothing in rcca ever reads it with `weights_only=False`.
 """
 
 from __future__ import annotations
 
-import os
+import io
+import pickle
 import random
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from rcca.engine.files import write_atomically
+from rcca.errors import UserError
+
+# Data-only NumPy types (arrays, dtypes, scalars): enough for NumPy RNG states and numeric fields.
+NUMPY_DATA_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np._core.multiarray.scalar,
+    np.ndarray,
+    np.dtype,
+    *(type(np.dtype(code)) for code in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64",
+                                        "float16", "float32", "float64")),
+]
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def read_checkpoint(path: str | Path, key: str) -> dict:
+    """Read a checkpoint file onto the CPU without executing anything it contains.
+
+    Args:
+        path: the file.
+        key: the config key that named it (`resume`, `init_from`, `ckpt`), used in errors.
+
+    Returns the checkpoint's top-level dict. Raises UserError with one line naming `key`, the
+    path and what to do for a folder, a missing file, a file that is not a complete PyTorch
+    checkpoint (text, truncated), one whose unpickling would need code, or one that is not a dict.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{key}={path} is a folder; name a checkpoint file, e.g. {key}={path / 'best.pt'}")
+    if not path.is_file():
+        raise UserError(f"{key}={path}: file not found")
+    try:
+        with torch.serialization.safe_globals(NUMPY_DATA_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        unsafe = _UNSUPPORTED_GLOBAL.search(str(error))
+        if unsafe is None:
+            raise UserError(f"{key}={path} is not a PyTorch checkpoint ({_first_line(error)})") from error
+        raise UserError(
+            f"{key}={path}: refused, reading it would need {unsafe.group(1)}, which can run code; rcca reads only "
+            "weights-only files (if you trust it, re-save its tensors with torch.save(state_dict) and use that file)"
+        ) from error
+    except Exception as error:  # torch.load reports a truncated or foreign file in many ways
+        raise UserError(
+            f"{key}={path} is not a complete PyTorch checkpoint (truncated or another format: {_first_line(error)})"
+        ) from error
+    if not isinstance(checkpoint, Mapping):
+        raise UserError(f"{key}={path}: expected a dict checkpoint, found a {type(checkpoint).__name__}")
+    return dict(checkpoint)
+
+
+def run_config_of(checkpoint: Mapping, path: str | Path, key: str) -> dict:
+    """The resolved run config stored in an rcca checkpoint; UserError when the file has none."""
+    config = checkpoint.get("config")
+    if not isinstance(config, Mapping) or "model" not in checkpoint:
+        raise UserError(
+            f"{key}={path} was not written by rcca's trainer (no run config or weights inside); "
+            "evaluate a last.pt or best.pt of a training run"
+        )
+    return dict(config)
+
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill never leaves a broken file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    """Write `state` to `path` atomically (see `rcca.engine.files.write_atomically`).
+
+    A kill or a full disk never leaves a partial file and never touches the previous `path`;
+    running out of space raises UserError naming the folder and the bytes needed.
+    """
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    write_atomically(Path(path), buffer.getbuffer())
 
 
-def load_checkpoint(path: str | Path) -> dict:
-    """Read a checkpoint onto the CPU. Raises FileNotFoundError naming the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    return torch.load(path, map_location="cpu", weights_only=False)
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(error).__name__
 
 
 def rng_state() -> dict:
-    """The Python, NumPy, torch (and CUDA) RNG states."""
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """The Python, NumPy, torch (and CUDA) RNG states, as plain values and tensors."""
+    numpy_state = np.random.get_state(legacy=False)
+    numpy_state["state"]["key"] = torch.from_numpy(numpy_state["state"]["key"].astype(np.int64))
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore what `rng_state` returned (also NumPy's legacy tuple form of older checkpoints)."""
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    if isinstance(numpy_state, Mapping):
+        numpy_state = {**numpy_state, "state": dict(numpy_state["state"])}
+        numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+    np.random.set_state(numpy_state)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -9,17 +9,21 @@ import shutil
 import sys
 import time
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
 from rcca.config import Config
 from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dataset
 from rcca.data.decoding import DecodeError
-from rcca.engine.checkpoints import load_checkpoint
+from rcca.engine.checkpoints import read_checkpoint, run_config_of
+from rcca.engine.files import RunFolderLock
+from rcca.engine.resuming import config_changes, continue_command, resume_checkpoint
 from rcca.engine.distributed import (
     broadcast_object, init_distributed, is_distributed, is_main_process, main_process_first,
 )
@@ -118,8 +122,37 @@ def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
             shutil.rmtree(own_dir)
 
 
-def train(cfg: Config, run_dir: Path) -> dict:
-    """Train the configured model; returns the final validation metrics (also in metrics.json)."""
+def claim_run_folder(cfg: Config, run_dir: Path) -> RunFolderLock | None:
+    """On rank 0: lock the run folder for this run (see `RunFolderLock`); every rank raises the same
+    UserError when it is refused."""
+    lock = RunFolderLock(run_dir, fresh=not cfg.resume, overwrite=cfg.overwrite) if is_main_process() else None
+    refusal = None
+    if lock is not None:
+        try:
+            lock.acquire()
+        except UserError as error:
+            refusal = str(error)
+    refusal = broadcast_object(refusal)
+    if refusal is not None:
+        raise UserError(refusal)
+    return lock
+
+
+def initialise_weights(model: torch.nn.Module, cfg: Config) -> None:
+    """Fill `model` from `init_from` (fine-tuning); one-line errors for unreadable or mismatched files."""
+    checkpoint = read_checkpoint(cfg.init_from, "init_from")
+    try:
+        report = load_pretrained(model, checkpoint, cfg.init_from_format, f"init_from={cfg.init_from}")
+    except ValueError as error:
+        raise UserError(str(error)) from None
+    log.info("init_from=%s: %s", cfg.init_from, report.summary())
+
+
+def train(cfg: Config, run_dir: Path, overrides: list[str]) -> dict:
+    """Train the configured model; returns the final validation metrics (also in metrics.json).
+
+    `overrides` are the command line's Hydra overrides, for the command that continues the run.
+    """
     started = time.perf_counter()
     check_required(cfg)
     device = resolve_device(cfg.trainer.device)
@@ -129,11 +162,26 @@ def train(cfg: Config, run_dir: Path) -> dict:
         device = torch.device("cuda", gpu)
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     seed_everything(cfg.seed)
-    main = is_main_process()
-    if not main:
+    if not is_main_process():
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all
         leave_outputs_to_rank_zero(own_dir, run_dir)
+    lock = claim_run_folder(cfg, run_dir)
+    try:
+        return _train_in(cfg, run_dir, overrides, device, rank, world_size, gpu, started)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _train_in(
+    cfg: Config, run_dir: Path, overrides: list[str], device: torch.device, rank: int, world_size: int, gpu: int,
+    started: float,
+) -> dict:
+    """`train` once the run folder is this process's."""
+    main = is_main_process()
+    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpoint = resume_checkpoint(cfg.resume, run_dir)
+    changes = config_changes(checkpoint["config"], config) if checkpoint is not None else {}
     with main_process_first():
         train_set, test_set, annotations = make_datasets(cfg, progress=main and sys.stderr.isatty())
     classes = annotations.classes
@@ -141,9 +189,8 @@ def train(cfg: Config, run_dir: Path) -> dict:
     train_loader = build_loader(train_set, cfg.trainer.batch_size, True, *loader_args)
     test_loader = build_loader(test_set, evaluation_batch_size(cfg), False, *loader_args)
     model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
-    if cfg.init_from:
-        report = load_pretrained(model, cfg.init_from, cfg.init_from_format)
-        log.info("init_from=%s: %s", cfg.init_from, report.summary())
+    if cfg.init_from and checkpoint is None:
+        initialise_weights(model, cfg)
     if cfg.trainer.sync_bn and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
@@ -158,25 +205,22 @@ def train(cfg: Config, run_dir: Path) -> dict:
     if world_size > 1:
         runner = torch.nn.parallel.DistributedDataParallel(runner, device_ids=[gpu] if device.type == "cuda" else None)
     writer = SummaryWriter(str(run_dir / "tensorboard")) if main else None
-    config = OmegaConf.to_container(cfg, resolve=True)
     trainer = Trainer(
         model, train_loader, test_loader, classes, cfg.trainer, cfg.optimizer, cfg.schedule, run_dir, config, device,
-        world_size, writer, runner,
+        world_size, writer, runner, continue_command=partial(continue_command, overrides, run_dir, world_size),
     )
-    if cfg.resume:
-        resume_path = run_dir / "last.pt" if cfg.resume == "auto" else Path(cfg.resume)
-        if resume_path.is_file():
-            trainer.load_state_dict(load_checkpoint(resume_path))
-            log.info("resumed from %s at epoch %d, update %d", resume_path, trainer.progress.epoch, trainer.progress.step)
-        elif cfg.resume == "auto":
-            log.info("resume=auto: no %s yet, starting from scratch", resume_path)
-        else:
-            raise UserError(f"resume={resume_path}: file not found")
+    if checkpoint is not None:
+        trainer.load_state_dict(checkpoint)
+        trainer.record_config_changes(changes)
+        log.info("resumed at epoch %d, update %d", trainer.progress.epoch + 1, trainer.progress.step)
+        for key, (old, new) in changes.items():
+            log.info("resume: %s changed from %s to %s (applied from update %d on)", key, old, new, trainer.progress.step + 1)
     metrics = trainer.fit()
     if main:
         metrics["best_top1"] = trainer.progress.best_top1
         metrics["classes"] = classes
         metrics["excluded_videos"] = annotations.excluded  # dataset.exclude: results cover the other videos
+        metrics["config_history"] = trainer.config_history
         write_metrics(run_dir / "metrics.json", metrics)
         writer.add_hparams(
             {"backbone": cfg.backbone.name, "module": cfg.module.name, "positions": ",".join(cfg.module.positions),
@@ -189,31 +233,53 @@ def train(cfg: Config, run_dir: Path) -> dict:
         print(
             f"done: {cfg.trainer.epochs} epochs in {minutes:.1f} min; video top-1 {metrics['top1']:.2f}%, "
             f"top-5 {metrics['top5']:.2f}% (best top-1 {trainer.progress.best_top1:.2f}%); outputs in {run_dir}"
+            + ("; note: resume=auto found no checkpoint, so this was a new run" if cfg.resume == "auto" and checkpoint is None else "")
         )
     return metrics
+
+
+MODEL_SECTIONS = ("backbone", "module")
 
 
 def checkpoint_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> DictConfig:
     """The checkpoint's run config, with what the command line changed taken from `cfg`.
 
-    The model sections (`backbone`, `module`) always come from the checkpoint.
+    The model sections (`backbone`, `module`) come from the checkpoint: an override that would
+    build another model is a UserError naming it (one that repeats the checkpoint's values is fine).
     """
     merged = OmegaConf.merge(OmegaConf.structured(Config), saved)
-    for override in overrides:
-        key = override.split("=", 1)[0].lstrip("+~")
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.key_or_group
         section = key.split(".")[0]
-        if section in ("backbone", "module") or section not in merged:  # model, hydra.*, experiment=...
+        if section in MODEL_SECTIONS:
+            differences = model_differences(OmegaConf.select(cfg, key), OmegaConf.select(merged, key), key)
+            if differences:
+                raise UserError(
+                    f"{override.input_line}: test.py evaluates the checkpoint's own model, and this asks for another "
+                    f"({'; '.join(differences[:3])}); drop it"
+                )
+            continue
+        if section not in merged or override.is_delete():  # hydra.*, experiment=...
             continue
         OmegaConf.update(merged, key, OmegaConf.select(cfg, key), merge=False)
     return merged
+
+
+def model_differences(requested, saved, key: str) -> list[str]:
+    """"key=requested (checkpoint: saved)" for each value under `key` that differs."""
+    if not isinstance(requested, DictConfig):
+        return [] if requested == saved else [f"{key}={requested} (checkpoint: {saved})"]
+    old = OmegaConf.to_container(saved, resolve=True) if isinstance(saved, DictConfig) else {}
+    new = OmegaConf.to_container(requested, resolve=True)
+    return [f"{key}.{name}={value} (checkpoint: {old.get(name)})" for name, value in new.items() if old.get(name) != value]
 
 
 def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Evaluate `cfg.ckpt` on its dataset's test split; writes metrics.json and predictions.csv."""
     if not cfg.ckpt:
         raise UserError("ckpt is not set: python test.py ckpt=outputs/<date>/<time>/best.pt")
-    saved = load_checkpoint(cfg.ckpt)
-    run_cfg = checkpoint_config(cfg, saved["config"], overrides)
+    saved = read_checkpoint(cfg.ckpt, "ckpt")
+    run_cfg = checkpoint_config(cfg, run_config_of(saved, cfg.ckpt, "ckpt"), overrides)
     check_required(run_cfg)
     device = resolve_device(run_cfg.trainer.device)
     _, test_set, annotations = make_datasets(run_cfg, progress=sys.stderr.isatty())

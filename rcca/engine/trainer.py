@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 import torch
 from torch import nn
@@ -29,6 +29,7 @@ from tqdm import tqdm
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.engine.checkpoints import rng_state, save_checkpoint, set_rng_state
 from rcca.engine.distributed import any_process, gather_lists, is_main_process, reduce_mean
+from rcca.engine.files import write_atomically
 from rcca.engine.evaluation import predict_videos, topk_correct, video_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
 from rcca.errors import UserError, data_loading_failure
@@ -40,6 +41,8 @@ AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Signals that save last.pt after the current update and exit: kill, Ctrl-C, and the warnings a job
 # gets before its SLURM time limit (sbatch --signal, submitit's USR2).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
+# Optimizer settings of a parameter group that come from the run config (and may change on resume).
+CONFIGURABLE = ("initial_lr", "momentum", "weight_decay", "nesterov")
 
 
 class TrainingDiverged(UserError):
@@ -48,12 +51,14 @@ class TrainingDiverged(UserError):
 
 @dataclass
 class Progress:
-    """Where training stands: epochs done, micro-batches done in the current epoch, updates, best top-1."""
+    """Where training stands: epochs done, micro-batches done in the current epoch, updates, best top-1,
+    and whether the end-of-epoch work of epoch `epoch` (validation, when due, and best.pt) is done."""
 
     epoch: int = 0
     batches_in_epoch: int = 0
     step: int = 0
     best_top1: float = -1.0
+    validated: bool = True
 
 
 class Trainer:
@@ -78,8 +83,11 @@ class Trainer:
         world_size: int = 1,
         writer=None,
         runner: nn.Module | None = None,
+        continue_command: Callable[[dict[str, str]], str] | None = None,
     ) -> None:
-        """`runner` is what runs the forward pass when it differs from `model` (DDP, torch.compile)."""
+        """`runner` is what runs the forward pass when it differs from `model` (DDP, torch.compile);
+        `continue_command({key: value})` is the command line that continues this run with those overrides
+        changed, quoted in stop messages."""
         self.cfg = trainer_cfg
         self.optimizer_cfg = optimizer_cfg
         self.device = device
@@ -87,6 +95,7 @@ class Trainer:
         self.run_dir = run_dir
         self.config = config
         self.class_names = class_names
+        self.continue_command = continue_command or (lambda changes: f"resume=auto with hydra.run.dir={run_dir}")
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.writer = writer
@@ -108,7 +117,11 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, schedule_cfg, self.updates_per_epoch)
         self.autocast_dtype = autocast_dtype(trainer_cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
+        # The configured hyper-parameters win over a resumed checkpoint's (see `load_state_dict`).
+        self._configured = [{key: group[key] for key in CONFIGURABLE} for group in self.optimizer.param_groups]
         self.progress = Progress()
+        self.config_history: list[dict] = []  # settings changed on resume: {"step", "epoch", "changes"}
+        self._verified: dict | None = None  # last state whose forward losses were all finite
         self.stop_requested = False
         self.failed_train: set[str] = set()  # undecodable training videos seen by this process
 
@@ -123,13 +136,20 @@ class Trainer:
             "batches_in_epoch": self.progress.batches_in_epoch,
             "step": self.progress.step,
             "best_top1": self.progress.best_top1,
+            "validated": self.progress.validated,
             "rng": rng_state(),
             "config": self.config,
+            "config_history": self.config_history,
             "classes": self.class_names,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore everything needed to continue exactly where `state` was saved."""
+        """Restore everything needed to continue exactly where `state` was saved.
+
+        The optimizer's configured hyper-parameters (LR, momentum, weight decay per group) and the
+        LR schedule stay those of this run's config, so a resume may change them; the LR is set to
+        what the schedule gives at the restored update.
+        """
         try:
             self.bare_model.load_state_dict(state["model"])
         except RuntimeError as error:
@@ -137,10 +157,26 @@ class Trainer:
             raise UserError(f"the checkpoint does not match the configured model (use the run's own overrides): {detail}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        for group, configured in zip(self.optimizer.param_groups, self._configured):
+            group.update(configured)
+        self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
+        for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
+            group["lr"] = base * factor(self.scheduler.last_epoch)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if self.scaler.is_enabled() and state["scaler"]:  # empty when saved without fp16: the scale starts afresh
             self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"])
+        self.progress = Progress(
+            state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"], state.get("validated", True)
+        )
+        self.config_history = list(state.get("config_history", []))
         set_rng_state(state["rng"])
+
+    def record_config_changes(self, changes: dict[str, tuple]) -> None:
+        """Note settings that this resumed run changed ({key: (checkpoint value, new value)}), kept in checkpoints."""
+        if changes:
+            entry = {"step": self.progress.step, "epoch": self.progress.epoch,
+                     "changes": {key: list(values) for key, values in changes.items()}}
+            self.config_history.append(entry)
 
     def save(self, name: str) -> None:
         if is_main_process():
@@ -152,18 +188,15 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         metrics: dict = {}
         try:
-            while self.progress.epoch < self.cfg.epochs:
+            while True:
+                if not self.progress.validated:  # also an epoch whose validation a kill interrupted
+                    metrics = self._end_epoch() or metrics
+                if self.progress.epoch >= self.cfg.epochs:
+                    break
                 self._train_epoch()
                 if any_process(self.stop_requested, self.device):  # a signal may reach one rank after the last update
                     self._save_and_exit()
                 self.save("last.pt")  # the epoch is safe before validation starts
-                epoch = self.progress.epoch
-                if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
-                    metrics = self.validate()
-                    if metrics["top1"] > self.progress.best_top1:
-                        self.progress.best_top1 = metrics["top1"]
-                        self.save("best.pt")
-                        self.save("last.pt")  # keeps best_top1 current for a resumed run
             return metrics or self.validate()  # a resumed run that had already finished still reports
         except RuntimeError as error:
             if self.stop_requested:  # a job-wide stop signal (SLURM) also ended the data workers
@@ -179,6 +212,24 @@ class Trainer:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def _end_epoch(self) -> dict:
+        """Validate the finished epoch when due, keep best.pt, then record that in last.pt.
+
+        last.pt says `validated=False` until this is done, so a run killed during validation or
+        while writing best.pt validates that epoch again when resumed (with the same result).
+        """
+        epoch = self.progress.epoch
+        metrics: dict = {}
+        if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
+            metrics = self.validate()
+            if metrics["top1"] > self.progress.best_top1:
+                self.progress.best_top1 = metrics["top1"]
+                self.progress.validated = True
+                self.save("best.pt")
+        self.progress.validated = True
+        self.save("last.pt")
+        return metrics
+
     def _mark_update_boundary(self) -> None:
         """Remember where the last complete update left off: what a stop in between saves.
 
@@ -191,16 +242,41 @@ class Trainer:
             "buffers": {name: b.detach().clone() for name, b in self.bare_model.named_buffers()},
         }
 
+    def _boundary_state(self) -> dict:
+        """The checkpoint of the last complete update: weights as they are, BatchNorm buffers, RNG and
+        position as they were then (micro-batches since then are repeated by a resumed run)."""
+        state = self.state_dict()
+        boundary = dict(self._boundary)
+        buffers = boundary.pop("buffers")
+        state["model"] = {k: buffers.get(k, v) for k, v in state["model"].items()}
+        return {**state, **boundary}
+
+    def _remember_verified_state(self) -> None:
+        """Just before an optimizer step: every forward since the last update was finite at these weights,
+        so this update boundary is a state from which training can go on (with a lower LR if it diverges)."""
+        self._verified = _detached_copy(self._boundary_state())
+
     def _save_and_exit(self) -> NoReturn:
         """Save last.pt as of the last complete update (a resumed run repeats nothing and skips nothing); exit 143."""
         if is_main_process():
-            state = self.state_dict()
-            boundary = dict(self._boundary)
-            buffers = boundary.pop("buffers")
-            state["model"] = {k: buffers.get(k, v) for k, v in state["model"].items()}
-            save_checkpoint({**state, **boundary}, self.run_dir / "last.pt")
-        log.warning("stopped by signal; saved %s (resume with resume=auto)", self.run_dir / "last.pt")
+            save_checkpoint(self._boundary_state(), self.run_dir / "last.pt")
+        log.warning("stopped by signal; saved %s. Continue with: %s", self.run_dir / "last.pt", self.continue_command({}))
         sys.exit(143)
+
+    def _diverged(self, loss: float) -> TrainingDiverged:
+        """Save the last state whose losses were finite as last.pt; the error says how to go on from it."""
+        where = f"loss is {loss} (on this process or another) at update {self.progress.step + 1} (epoch {self.progress.epoch + 1})"
+        if self._verified is None:
+            return TrainingDiverged(
+                f"{where}, before any update of this run succeeded: the starting weights or the data give it; "
+                "check init_from / resume and the inputs"
+            )
+        if is_main_process():
+            save_checkpoint(self._verified, self.run_dir / "last.pt")
+        return TrainingDiverged(
+            f"{where}; saved the last state with finite losses (update {self._verified['step']}) as "
+            f"{self.run_dir / 'last.pt'}; continue from it with a lower LR: {self.continue_command({'optimizer.lr': '<lower>'})}"
+        )
 
     def _request_stop(self, signum: int, frame) -> None:
         log.warning("received signal %d: saving last.pt after the current step", signum)
@@ -253,6 +329,7 @@ class Trainer:
         bar.close()
         self.progress.epoch += 1
         self.progress.batches_in_epoch = 0
+        self.progress.validated = False
         self._mark_update_boundary()
 
     @staticmethod
@@ -271,15 +348,13 @@ class Trainer:
                 logits = self.model(clips)
                 loss = nn.functional.cross_entropy(logits.float(), labels)
             if any_process(not torch.isfinite(loss).item(), self.device):  # every rank stops, none waits in backward
-                raise TrainingDiverged(
-                    f"loss is {loss.item()} (on this process or another) at update {self.progress.step + 1} (epoch {self.progress.epoch + 1}); "
-                    f"last good checkpoint: {self.run_dir / 'last.pt'}; lower optimizer.lr or set optimizer.clip_grad_norm"
-                )
+                raise self._diverged(loss.item())
             self.scaler.scale(loss / self.accumulation).backward()
         logits = logits.detach()
         return loss.item(), int(topk_correct(logits, labels, 1).sum()), int(topk_correct(logits, labels, 5).sum())
 
     def _update(self) -> None:
+        self._remember_verified_state()
         if self.optimizer_cfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.optimizer_cfg.clip_grad_norm)
@@ -358,8 +433,19 @@ def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: i
     return effective_batch_size // per_round
 
 
+def _detached_copy(value):
+    """A copy of nested dicts, lists and tuples whose tensors are cloned (they change in place during training)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().clone()
+    if isinstance(value, dict):
+        return {key: _detached_copy(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_detached_copy(item) for item in value)
+    return value
+
+
 def write_metrics(path: Path, metrics: dict) -> None:
-    """metrics.json, with non-finite numbers written as null."""
+    """metrics.json (atomically), with non-finite numbers written as null."""
     def clean(value):
         if isinstance(value, float) and not math.isfinite(value):
             return None
@@ -369,4 +455,4 @@ def write_metrics(path: Path, metrics: dict) -> None:
             return [clean(v) for v in value]
         return value
 
-    path.write_text(json.dumps(clean(metrics), indent=2))
+    write_atomically(path, json.dumps(clean(metrics), indent=2).encode())

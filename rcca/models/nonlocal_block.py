@@ -30,6 +30,7 @@ class NonLocal3D(nn.Module):
         self.bn = nn.BatchNorm3d(channels)
         nn.init.zeros_(self.bn.weight)
         nn.init.zeros_(self.bn.bias)
+        self.subsample = subsample
         self.pool = nn.MaxPool3d(kernel_size=(1, 2, 2)) if subsample else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:

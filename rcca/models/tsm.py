@@ -2,8 +2,9 @@
 
 The blocks subclass torchvision's, so parameter names are exactly those of
 `torchvision.models.resnet{18,34,50}` and an ImageNet state dict loads directly.
-TSM's "blockres" placement: the shift sits in the residual branch, before conv1 of
-every block; the identity path is not shifted.
+TSM's default "blockres" placement puts the shift in the residual branch, before conv1 of
+every block, and leaves the identity path unshifted; its "block" placement (some released
+checkpoints) shifts the block's input, so both paths see shifted features.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+SHIFT_PLACES = ("blockres", "block")
 LAYERS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3])}
 
 
@@ -48,7 +50,18 @@ class _ShiftMixin:
         super().__init__(*args, **kwargs)
         self.num_segments = 8  # set by TSMResNet
         self.shift_div = 8
+        self.shift_place = "blockres"
         self.context: nn.Module | None = None  # set by insertion; sees N x C x T x H x W
+
+    def _paths(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(identity path, residual-branch input) of block input x, shifted as `shift_place` says."""
+        if self.shift_place == "block":
+            x = temporal_shift(x, self.num_segments, self.shift_div)
+            branch = x
+        else:
+            branch = temporal_shift(x, self.num_segments, self.shift_div)
+        identity = x if self.downsample is None else self.downsample(x)
+        return identity, branch
 
     def _finish(self, out: Tensor) -> Tensor:
         if self.context is not None:
@@ -57,21 +70,21 @@ class _ShiftMixin:
 
 
 class ShiftBasicBlock(_ShiftMixin, BasicBlock):
-    """torchvision BasicBlock with a temporal shift before conv1. (N*T) x C x H x W in and out."""
+    """torchvision BasicBlock with a temporal shift (see `shift_place`). (N*T) x C x H x W in and out."""
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(temporal_shift(x, self.num_segments, self.shift_div))))
+        identity, branch = self._paths(x)
+        out = self.relu(self.bn1(self.conv1(branch)))
         out = self.bn2(self.conv2(out))
         return self._finish(self.relu(out + identity))
 
 
 class ShiftBottleneck(_ShiftMixin, Bottleneck):
-    """torchvision Bottleneck with a temporal shift before conv1. (N*T) x C x H x W in and out."""
+    """torchvision Bottleneck with a temporal shift (see `shift_place`). (N*T) x C x H x W in and out."""
 
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(temporal_shift(x, self.num_segments, self.shift_div))))
+        identity, branch = self._paths(x)
+        out = self.relu(self.bn1(self.conv1(branch)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self._finish(self.relu(out + identity))
@@ -88,6 +101,8 @@ class TSMResNet(ResNet):
         dropout: dropout before the classifier (TSM: 0.5 on Kinetics, 0.8 on UCF/HMDB).
         width: channels of the stem (64 in the standard network); smaller values give a
             narrower network for quick CPU runs.
+        shift_place: "blockres" (shift inside the residual branch, TSM's default) or "block"
+            (shift the block input, identity path included).
 
     Input N x 3 x T x H x W, output N x num_classes logits.
     """
@@ -102,9 +117,12 @@ class TSMResNet(ResNet):
         shift_div: int = 8,
         dropout: float = 0.5,
         width: int = 64,
+        shift_place: str = "blockres",
     ) -> None:
         if depth not in LAYERS:
             raise ValueError(f"backbone.depth={depth}: TSM supports {sorted(LAYERS)}")
+        if shift_place not in SHIFT_PLACES:
+            raise ValueError(f"backbone.shift_place={shift_place!r}: choose one of {', '.join(SHIFT_PLACES)}")
         block, layers = LAYERS[depth]
         shift_block = ShiftBasicBlock if block is BasicBlock else ShiftBottleneck
         super().__init__(shift_block, layers, num_classes=num_classes)
@@ -116,6 +134,7 @@ class TSMResNet(ResNet):
             if isinstance(module, _ShiftMixin):
                 module.num_segments = num_segments
                 module.shift_div = shift_div
+                module.shift_place = shift_place
 
     def _narrow(self, block: type, layers: list[int], num_classes: int, width: int) -> None:
         """Rebuild the stages with `width` stem channels (doubling per stage as usual)."""

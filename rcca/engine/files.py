@@ -1,0 +1,119 @@
+"""What a run does to its folder: atomic writes that survive kills and full disks, and one run per folder.
+
+Every file a run writes for later use (checkpoints, metrics) goes through `write_atomically`:
+a temporary file in the same folder, flushed to disk, then renamed over the target. A kill, a
+full disk or a quota therefore never leaves a partial file, and never touches the previous one.
+
+`RunFolderLock` keeps two processes from training into one folder at once. It is an advisory
+`flock` on `<run folder>/.rcca.lock`, which the kernel drops when its process dies, so a lock left
+by a killed run is never in the way.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import shutil
+import socket
+from pathlib import Path
+
+from rcca.errors import UserError
+
+LOCK_NAME = ".rcca.lock"
+CHECKPOINT_NAMES = ("last.pt", "best.pt")
+# Errors that full disks and quotas raise while writing.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_atomically(path: Path, data: bytes | memoryview) -> None:
+    """Replace `path` with `data`, all or nothing.
+
+    Raises UserError naming the folder and the bytes needed when the disk (or quota) cannot hold
+    the file; the temporary file is removed and the previous `path`, if any, is intact.
+    """
+    path = Path(path)
+    free = shutil.disk_usage(path.parent).free
+    if free < len(data):
+        raise _no_space(path, len(data), free)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as error:
+        tmp.unlink(missing_ok=True)
+        if error.errno in _NO_SPACE:
+            raise _no_space(path, len(data), shutil.disk_usage(path.parent).free) from error
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    os.replace(tmp, path)
+
+
+def _no_space(path: Path, needed: int, free: int) -> UserError:
+    return UserError(
+        f"no space to write {path.name} in {path.parent}: it needs {needed:,} bytes and {free:,} are free; "
+        f"free some space there, then resume (the previous {path.name}, if any, is intact)"
+    )
+
+
+class RunFolderLock:
+    """Exclusive use of a run folder by one process, for as long as the process holds it.
+
+    Args:
+        folder: the run folder (created if needed).
+        fresh: the run starts from scratch (no `resume`): it refuses a folder that already holds
+            another run's checkpoints, unless `overwrite`.
+        overwrite: let a fresh run replace the checkpoints in the folder.
+
+    `acquire()` raises UserError, naming the folder and the way out, when another live process
+    holds the folder or when a fresh run would replace checkpoints; `release()` (or process exit)
+    frees it. The lock file records the holder's host and pid for that message.
+    """
+
+    def __init__(self, folder: Path, fresh: bool, overwrite: bool) -> None:
+        self.folder = Path(folder)
+        self.fresh = fresh
+        self.overwrite = overwrite
+        self._handle = None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK_NAME, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise UserError(
+                f"run folder {self.folder} is in use by {holder}; wait for that run to end or choose another "
+                "hydra.run.dir"
+            ) from None
+        existing = [name for name in CHECKPOINT_NAMES if (self.folder / name).exists()]
+        if self.fresh and existing and not self.overwrite:
+            handle.close()
+            raise UserError(
+                f"run folder {self.folder} already holds {' and '.join(existing)} of another run: continue it with "
+                "resume=auto, choose another hydra.run.dir, or set overwrite=true to replace them"
+            )
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._handle = handle
+
+    def release(self) -> None:
+        if self._handle is not None:
+            self._handle.close()  # closing drops the flock
+            self._handle = None
+
+    def __enter__(self) -> RunFolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
