@@ -6,12 +6,16 @@ synthetic set is inspected, generated if needed). The script parses the annotati
 checks train.py makes and reports the class count, the train/test video counts and the listed
 videos that are missing; with `--decode` it also reads every present video (its first and last
 frame, with the configured `dataset.backend`, in a child process so that a video that crashes or
-hangs the decoder is reported rather than fatal) and reports those that fail;
-`--write-exclude FILE` writes their paths, with those of `dataset.exclude` if set, for `dataset.exclude=FILE`. The last line
-printed is one JSON object: {"dataset", "root", "num_classes", "train", "test", "missing"},
-plus "undecodable" with --decode.
-A user error (missing root, bad annotations, bad override) prints one line `error: ...` on
-stderr and exits with status 2.
+hangs the decoder is reported rather than fatal) and reports those that fail, with each reader's
+error (backend decord falls back to PyAV). `--write-exclude FILE` writes their paths, with those of
+`dataset.exclude` if set, for `dataset.exclude=FILE`; FILE must be new or an exclude list (it is
+refused, before any decoding, if it is an input of the dataset or another kind of file) and is
+replaced whole. The last line printed is one JSON object: {"dataset", "root", "num_classes",
+"train", "test", "missing"}, plus "undecodable" with --decode.
+
+Exit status: 0 when every listed video is present (and, with --decode, decodes); 1 when a video
+is missing or undecodable; 2 on a user error (missing root, bad annotations, bad override, a
+refused --write-exclude FILE), reported as one line `error: ...` on stderr.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run as a plain script from anywhere: make `rcca` importable
 
-from rcca.config import compose_config  # noqa: E402
+from rcca.config import DatasetConfig, compose_config  # noqa: E402
 from rcca.data.build import (  # noqa: E402
-    exclude_videos, missing_videos, read_annotations, read_exclude_list, write_exclude_list,
+    EXCLUDE_HEADER, exclude_videos, missing_videos, read_annotations, read_exclude_list, write_exclude_list,
 )
 from rcca.data.checking import scan_videos  # noqa: E402
-from rcca.data.decoding import BACKENDS  # noqa: E402
+from rcca.data.decoding import BACKENDS, READERS  # noqa: E402
 from rcca.engine.launch import check_required, user_errors  # noqa: E402
 from rcca.errors import UserError  # noqa: E402
 
@@ -46,6 +50,44 @@ def show(title: str, lines: list[str]) -> None:
         print(f"  ... and {len(lines) - SHOWN} more")
 
 
+def check_exclude_target(path: Path, dataset: DatasetConfig, videos: set[str]) -> None:
+    """Raise UserError unless `path` may be (over)written as the exclude list of this dataset.
+
+    Refused: the list files, anything in `dataset.annotations`, a folder (the videos' root
+    included), a file in a folder that does not exist, and an existing file that is not an
+    exclude list (so no video is ever overwritten; a new list may sit beside the videos). An exclude list is `dataset.exclude`, an empty file, a file starting with
+    `EXCLUDE_HEADER`, or one whose entries all name videos of the dataset (`videos`).
+    """
+    target = path.resolve()
+    inputs = [  # (key, value, whether it is a folder whose contents are inputs too)
+        ("dataset.train_list", dataset.train_list, False),
+        ("dataset.test_list", dataset.test_list, False),
+        ("dataset.annotations", dataset.annotations, True),
+    ]
+    for key, value, folder in inputs:
+        if not value:
+            continue
+        owned = Path(value).resolve()
+        if target == owned or (folder and owned in target.parents):
+            where = "is" if target == owned else "is inside"
+            raise UserError(f"--write-exclude {path}: {where} {key}={value}, an input of the dataset; write the list elsewhere")
+    if path.is_dir():
+        raise UserError(f"--write-exclude {path}: is a folder; give a file")
+    if not path.parent.is_dir():
+        raise UserError(f"--write-exclude {path}: folder {path.parent} not found; create it or give another file")
+    if not path.exists() or (dataset.exclude and target == Path(dataset.exclude).resolve()):
+        return
+    try:
+        listed = path.read_text().startswith(EXCLUDE_HEADER) or set(read_exclude_list(path)) <= videos
+    except UnicodeDecodeError:
+        listed = False
+    if not listed:
+        raise UserError(
+            f"--write-exclude {path}: this file exists and is not an exclude list (no header line, and it names "
+            "other things than this dataset's videos); give a new file or an exclude list"
+        )
+
+
 def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_file: Path | None = None) -> dict:
     """Print the report of the configured dataset; returns its summary (the final JSON line)."""
     cfg = compose_config(overrides)
@@ -58,6 +100,9 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
         exclude_videos(annotations, Path(cfg.dataset.exclude))
         print(f"excluded by dataset.exclude: {len(annotations.excluded)}")
     splits = {"train": annotations.train, "test": annotations.test}
+    if exclude_file is not None:
+        videos = {r.path for records in splits.values() for r in records} | set(annotations.excluded)
+        check_exclude_target(exclude_file, cfg.dataset, videos)
     missing = {split: missing_videos(root, records) for split, records in splits.items()}
     print(f"dataset: {cfg.dataset.name} (root {root})")
     print(f"classes: {len(annotations.classes)}")
@@ -75,7 +120,7 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
         absent = set(missing["train"] + missing["test"])
         present = list(dict.fromkeys(r.path for records in splits.values() for r in records if r.path not in absent))
         failures = scan_videos(root, present, backend, timeout, progress=sys.stderr.isatty())
-        show(f"undecodable with {backend} (of {len(present)} read)", [f"{p}: {why}" for p, why in failures.items()])
+        show(f"undecodable with {READERS[backend]} (of {len(present)} read)", [f"{p}: {why}" for p, why in failures.items()])
         summary["undecodable"] = len(failures)
         if exclude_file is not None:
             # Videos already excluded were not read: keep them, so a second pass never loses the first one's finds.
@@ -87,8 +132,12 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
 
 
 def main() -> None:
-    """Parse `--decode` and hand the other arguments to Hydra as overrides; print the report."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Parse `--decode` and hand the other arguments to Hydra as overrides; print the report; exit 1
+    if a video is missing or undecodable."""
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], epilog=__doc__[__doc__.index("Exit status"):],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--decode", action="store_true", help="also read every present video and report failures")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds one video may take before it counts as hung")
     parser.add_argument("--write-exclude", type=Path, metavar="FILE", help="with --decode: write the failing paths, for dataset.exclude")
@@ -99,6 +148,7 @@ def main() -> None:
             raise UserError("--write-exclude needs --decode")
         summary = report(args.overrides, args.decode, args.timeout, args.write_exclude)
     print(json.dumps(summary))
+    sys.exit(1 if summary["missing"] or summary.get("undecodable") else 0)
 
 
 if __name__ == "__main__":

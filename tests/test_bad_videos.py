@@ -8,6 +8,7 @@ file, so the truncated copy has no index and neither decoder can open it. A trun
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import threading
@@ -164,23 +165,23 @@ def check_training_item(item: dict, records: list[VideoRecord]) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_training_replaces_bad_videos_and_logs_each_once(
+def test_training_replaces_bad_videos_and_leaves_reporting_to_the_trainer(
     root: Path, backend: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """The dataset logs nothing (each DataLoader worker would log again): the trainer reports `failed`."""
     dataset = training_dataset(root, backend)
     records = dataset.records
-    caplog.set_level(logging.WARNING, logger="rcca.data.datasets")
+    caplog.set_level(logging.DEBUG, logger="rcca.data")
     for epoch in range(3):
         for index, record in enumerate(records):
             item = dataset[epoch, index]
             check_training_item(item, records)
             if record.path in BAD:
                 assert item["failed"] == record.path and item["index"] != index
+                assert item["reason"].startswith(f"{root / record.path}: ") and "failed" in item["reason"]
             else:
-                assert item["failed"] == "" and item["index"] == index
-    for name in BAD:
-        mentions = [r for r in caplog.records if r.levelno == logging.WARNING and name in r.getMessage()]
-        assert len(mentions) == 1, f"{name} logged {len(mentions)} times"
+                assert item["failed"] == item["reason"] == "" and item["index"] == index
+    assert not [r for r in caplog.records if r.levelno >= logging.INFO], caplog.text
 
 
 def test_testing_marks_bad_videos_with_zero_clips(root: Path) -> None:
@@ -192,9 +193,10 @@ def test_testing_marks_bad_videos_with_zero_clips(root: Path) -> None:
         assert item["label"] == record.label
         if record.path in BAD:
             assert item["ok"] is False and item["failed"] == record.path
+            assert item["reason"].startswith(f"{root / record.path}: PyAV failed: ")
             assert not item["clip"].any()
         else:
-            assert item["ok"] is True and item["failed"] == ""
+            assert item["ok"] is True and item["failed"] == item["reason"] == ""
             assert item["clip"].any()
 
 
@@ -211,6 +213,7 @@ def test_evaluation_excludes_and_lists_bad_videos(root: Path) -> None:
     assert scores.shape == (len(good), 2)
     assert torch.allclose(scores.sum(dim=1), torch.ones(len(good)))
     assert sorted(failed) == sorted(BAD)
+    assert all(failed[path].startswith(f"{root / path}: ") for path in BAD)  # each with its reason
 
 
 def test_training_loader_with_workers_completes(root: Path) -> None:
@@ -258,23 +261,15 @@ def test_load_dataset_drops_missing_videos_when_allowed(root: Path) -> None:
     assert [r.path for r in annotations.train] == [GOOD[0], GOOD[1]]
     assert [r.path for r in annotations.test] == [GOOD[2], GOOD[3]]
     assert [r.label for r in annotations.train] == [0, 0] and [r.label for r in annotations.test] == [1, 0]
+    assert annotations.missing == ["absent/a.mp4", "absent/b.mp4"]  # for metrics.json
+    assert load_dataset(write_lists(root, [GOOD[0]], [GOOD[1]]))[1].missing == []
 
 
-def test_synthetic_generator_never_replaces_a_foreign_folder(tmp_path):
-    from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
-    from rcca.errors import UserError
-
-    videos = tmp_path / "my_videos"
-    (videos / "Basketball").mkdir(parents=True)
-    (videos / "Basketball" / "v_1.avi").write_bytes(b"precious")
-    with pytest.raises(UserError, match="did you forget dataset="):
-        ensure_synthetic_dataset(videos, SyntheticSpec(num_train=2, num_test=2, frames=4), progress=False)
-    assert (videos / "Basketball" / "v_1.avi").read_bytes() == b"precious"
-    # Its own cache, made from another spec, is replaced.
-    cache = tmp_path / "cache"
-    ensure_synthetic_dataset(cache, SyntheticSpec(num_train=2, num_test=2, frames=4), progress=False)
-    ensure_synthetic_dataset(cache, SyntheticSpec(num_train=3, num_test=2, frames=4), progress=False)
-    assert len((cache / "train.txt").read_text().splitlines()) == 3
+def test_root_that_is_a_file_is_a_one_line_error(root: Path) -> None:
+    cfg = write_lists(root, [GOOD[0]], [GOOD[1]])
+    cfg.root = str(root / GOOD[0])
+    with pytest.raises(UserError, match=rf"^dataset.root={re.escape(cfg.root)} is a file, not a folder; set dataset.root to "):
+        load_dataset(cfg)
 
 
 # --------------------------------------------------------------------------- how failures are reported
@@ -308,3 +303,26 @@ def test_training_on_undecodable_videos_is_a_one_line_error(tmp_path: Path) -> N
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]  # decord's own lines aside
     assert len(errors) == 1 and "10 videos in a row failed to decode" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def test_training_reports_each_bad_video_once_and_decoders_stay_quiet(root: Path, tmp_path: Path) -> None:
+    """Two DataLoader workers, two epochs: each bad training video is one log line (the trainer's),
+    and nothing the decoders print about it reaches the terminal."""
+    train = [*GOOD, "truncated.mp4", "text.mp4"]  # 3 batches of 2 per epoch: every video is read each epoch
+    for split, names in (("train", train), ("test", GOOD[:2])):
+        (tmp_path / f"{split}.txt").write_text("".join(f"{name} {i % 2}\n" for i, name in enumerate(names)))
+    result = run_entry(
+        "train.py", "experiment=quickstart", "dataset=video_list", f"dataset.root={root}", "dataset.num_classes=2",
+        f"dataset.train_list={tmp_path / 'train.txt'}", f"dataset.test_list={tmp_path / 'test.txt'}",
+        "trainer.epochs=2", "trainer.batch_size=2", "trainer.effective_batch_size=2", "trainer.num_workers=2",
+        "test.batch_size=2", f"hydra.run.dir={tmp_path / 'run'}",
+    )
+    output = (result.stdout + result.stderr).splitlines()
+    for name in ("truncated.mp4", "text.mp4"):
+        mentions = [line for line in output if name in line]
+        assert len(mentions) == 1 and "undecodable" in mentions[0] and "failed" in mentions[0], "\n".join(mentions)
+    assert not [line for line in result.stderr.splitlines() if "moov atom" in line or "ERROR opening" in line]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert sorted(metrics["train_failed_videos"]) == ["text.mp4", "truncated.mp4"]
+    assert all(reason.startswith(str(root)) for reason in metrics["train_failed_videos"].values())
+    assert metrics["missing_videos"] == [] and metrics["failed_videos"] == {}

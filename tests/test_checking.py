@@ -80,3 +80,21 @@ def test_exclude_list_leaves_videos_out_of_both_splits(tmp_path):
 def test_missing_exclude_file_names_the_key(tmp_path):
     with pytest.raises(UserError, match=r"dataset.exclude=.*nothing.txt: file not found"):
         load_dataset(_video_list(tmp_path, str(tmp_path / "nothing.txt")), progress=False)
+
+
+def test_exclude_list_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
+    """write_exclude_list heads the file with a comment naming it an exclude list and replaces it atomically:
+    a write that fails leaves the previous list, and no temporary file."""
+    exclude = tmp_path / "bad.txt"
+    write_exclude_list(exclude, {"a.mp4": "# decoder crashed (exit code -11)"})
+    before = exclude.read_text()
+    assert before.splitlines()[0].startswith("# ") and read_exclude_list(exclude) == {"a.mp4": "# decoder crashed (exit code -11)"}
+
+    def interrupted(source, target):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(OSError, match="disk full"):
+        write_exclude_list(exclude, {"b.mp4": ""})
+    assert exclude.read_text() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["bad.txt"]

@@ -7,6 +7,10 @@ moves pixel values by only a few levels on average.
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,3 +125,55 @@ def test_decord_falls_back_to_pyav_on_a_width_it_misreads(tmp_path: Path) -> Non
     clip = read_frames(path, Chooser([6, 1]), backend="decord")
     assert clip.shape == (2, 3, 72, 72) and clip.dtype == torch.uint8
     assert mean_abs_diff(clip, as_tchw(frames[[6, 1]])) < TOLERANCE
+
+
+BROKEN = {
+    "empty.mp4": b"",
+    "text.mp4": b"this is a text file, not a video\n" * 50,
+    "headless.mp4": b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 8,  # an mp4 box, then no index
+}
+
+
+def write_broken_videos(folder: Path) -> list[Path]:
+    """Files named .mp4 that neither decoder can open."""
+    for name, data in BROKEN.items():
+        (folder / name).write_bytes(data)
+    return [folder / name for name in BROKEN]
+
+
+def test_decord_failure_names_both_backends_tried(tmp_path: Path) -> None:
+    """decord falls back to PyAV: when both fail, the reason says so, with each one's error."""
+    for path in write_broken_videos(tmp_path):
+        with pytest.raises(DecodeError, match=rf"^{re.escape(str(path))}: decord failed: .+; then PyAV failed: ") as caught:
+            read_frames(path, Chooser([0]), backend="decord")
+        assert "\n" not in str(caught.value)
+        with pytest.raises(DecodeError, match=rf"^{re.escape(str(path))}: PyAV failed: "):
+            read_frames(path, Chooser([0]), backend="pyav")
+
+
+def test_broken_videos_leave_stderr_clean(tmp_path: Path) -> None:
+    """What the decoders' native code prints about a bad file (ffmpeg, decord's own log) stays off the terminal.
+
+    Run in a fresh process: the noise is written to file descriptor 2 by C code, which capsys cannot see.
+    """
+    write_broken_videos(tmp_path)
+    good = tmp_path / "good.mp4"
+    write_video(good, make_frames(8, 64, 64))
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])  # index at the end: unreadable
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from rcca.data.decoding import DecodeError, read_frames\n"
+        "for backend in ('decord', 'pyav'):\n"
+        "    for path in sorted(Path(sys.argv[1]).glob('*.mp4')):\n"
+        "        try:\n"
+        "            read_frames(path, lambda n: [0, n - 1], backend)\n"
+        "        except DecodeError as error:\n"
+        "            print(error)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 2 * (len(BROKEN) + 1)  # every bad file failed, with both backends
+    assert result.stderr == ""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 from types import ModuleType
 
@@ -11,6 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_entry
+from rcca.config import DatasetConfig
+from rcca.data.build import write_exclude_list
+from rcca.errors import UserError
 from rcca.data.synthetic import SyntheticSpec, render_video, write_video
 
 SCRIPT = "scripts/inspect_dataset.py"
@@ -46,8 +50,14 @@ def summary(stdout: str) -> dict:
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+def option(overrides: list[str], key: str) -> Path:
+    """The path an override `key=...` sets."""
+    return Path(next(o for o in overrides if o.startswith(f"{key}=")).split("=", 1)[1])
+
+
 def test_reports_counts_and_missing_videos(overrides: list[str]) -> None:
-    result = run_entry(SCRIPT, *overrides, timeout=120)
+    result = run_entry(SCRIPT, *overrides, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr  # a listed video is missing: scripts can tell
     report = summary(result.stdout)
     assert report["dataset"] == "video_list"
     assert (report["num_classes"], report["train"], report["test"], report["missing"]) == (2, 4, 2, 1)
@@ -57,18 +67,32 @@ def test_reports_counts_and_missing_videos(overrides: list[str]) -> None:
 
 def test_decode_reports_undecodable_videos_and_writes_exclude_list(overrides: list[str], tmp_path: Path) -> None:
     exclude = tmp_path / "exclude.txt"
-    result = run_entry(SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, timeout=120)
+    result = run_entry(SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr
     report = summary(result.stdout)
     assert (report["num_classes"], report["train"], report["test"], report["missing"]) == (2, 4, 2, 1)
     assert report["undecodable"] == 1
-    assert "corrupt.mp4" in result.stdout
-    assert exclude.read_text().startswith("corrupt.mp4\t# ")
+    assert "undecodable with decord, then PyAV (of 5 read): 1" in result.stdout
+    assert "corrupt.mp4: " in result.stdout and "decord failed" in result.stdout and "PyAV failed" in result.stdout
+    header, entry = exclude.read_text().splitlines()
+    assert header.startswith("# ") and entry.startswith("corrupt.mp4\t# ")
     # The written list is a valid dataset.exclude: the corrupt video is left out, nothing fails;
     # writing the list again from that run keeps the video it no longer reads.
-    result = run_entry(SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, f"dataset.exclude={exclude}", timeout=120)
+    result = run_entry(
+        SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, f"dataset.exclude={exclude}", timeout=120, check=False
+    )
+    assert result.returncode == 1, result.stderr  # absent.mp4 is still missing
     report = summary(result.stdout)
     assert (report["train"], report["undecodable"]) == (3, 0)
-    assert exclude.read_text().startswith("corrupt.mp4\t# ")
+    assert exclude.read_text().splitlines() == [header, entry]
+
+
+def test_exit_status_is_0_when_every_video_is_present_and_decodes(overrides: list[str], tmp_path: Path) -> None:
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("corrupt.mp4\nabsent.mp4\n")
+    result = run_entry(SCRIPT, "--decode", *overrides, f"dataset.exclude={exclude}", timeout=120)
+    report = summary(result.stdout)
+    assert (report["train"], report["missing"], report["undecodable"]) == (2, 0, 0)
 
 
 @pytest.fixture(scope="module")
@@ -92,3 +116,56 @@ def test_missing_root_is_a_one_line_user_error(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "dataset.root" in lines[0]
     assert out == ""
+
+
+def never_decode(*args: object, **kwargs: object) -> None:
+    raise AssertionError("decoding started although --write-exclude was refused")
+
+
+@pytest.mark.parametrize("target", ["train_list", "test_list", "root", "video"])
+def test_write_exclude_refuses_an_input_of_the_dataset(
+    script: ModuleType, overrides: list[str], target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--write-exclude naming a list file, the videos' folder or a video: one line, exit 2, before decoding, file intact."""
+    monkeypatch.setattr(script, "scan_videos", never_decode)
+    root = option(overrides, "dataset.root")
+    path = {"root": root, "video": root / "good_0.mp4"}.get(target) or option(overrides, f"dataset.{target}")
+    before = path.read_bytes() if path.is_file() else None
+    with pytest.raises(SystemExit) as exited, script.user_errors():
+        script.report(overrides, decode=True, exclude_file=path)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: --write-exclude {path}: ")
+    assert path.is_dir() if target == "root" else path.read_bytes() == before
+
+
+def test_write_exclude_refuses_a_file_inside_the_annotations_folder(script: ModuleType, tmp_path: Path) -> None:
+    annotations = tmp_path / "ucfTrainTestlist"
+    annotations.mkdir()
+    (annotations / "testlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n")  # reads as an exclude list
+    cfg = DatasetConfig(name="ucf101", root=str(tmp_path / "videos"), annotations=str(annotations), num_classes=101)
+    videos = {"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"}
+    with pytest.raises(UserError, match=r"testlist01.txt: .*inside dataset.annotations="):
+        script.check_exclude_target(annotations / "testlist01.txt", cfg, videos)
+
+
+def test_write_exclude_overwrites_only_an_exclude_list(script: ModuleType, tmp_path: Path) -> None:
+    """An existing file is rewritten only if it is empty, has the header written by write_exclude_list,
+    or only names videos of the dataset; any other file (notes, a binary) is refused."""
+    cfg = DatasetConfig(name="video_list", root=str(tmp_path / "videos"), num_classes=2)
+    videos = {"good_0.mp4", "corrupt.mp4"}
+    written = tmp_path / "written.txt"
+    write_exclude_list(written, {"elsewhere.mp4": "# decoder crashed"})
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "by_hand.txt").write_text("# bad ones\ncorrupt.mp4\n\ngood_0.mp4\t# flickers\n")
+    for name in ("written.txt", "empty.txt", "by_hand.txt", "new.txt"):
+        script.check_exclude_target(tmp_path / name, cfg, videos)
+    (tmp_path / "notes.txt").write_text("corrupt.mp4\nremember to buy milk\n")
+    (tmp_path / "binary.txt").write_bytes(bytes(range(256)))
+    for name in ("notes.txt", "binary.txt"):
+        before = (tmp_path / name).read_bytes()
+        with pytest.raises(UserError, match=rf"^--write-exclude {re.escape(str(tmp_path / name))}: .*not an exclude list"):
+            script.check_exclude_target(tmp_path / name, cfg, videos)
+        assert (tmp_path / name).read_bytes() == before
+    with pytest.raises(UserError, match=r"folder .* not found"):
+        script.check_exclude_target(tmp_path / "nowhere" / "exclude.txt", cfg, videos)

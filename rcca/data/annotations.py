@@ -68,12 +68,15 @@ class Annotations:
         train: Training videos.
         test: Test (or validation) videos.
         excluded: Videos of either split left out by `dataset.exclude`.
+        missing: Videos of either split left out by `dataset.allow_missing` because
+            their files are absent.
     """
 
     classes: list[str]
     train: list[VideoRecord]
     test: list[VideoRecord]
     excluded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
 
 
 class AnnotationError(ValueError):

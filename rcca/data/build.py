@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -55,7 +56,8 @@ def read_annotations(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, A
                   "class_names": (root / "classes.txt").read_text().split()}
         name = "video_list"
     elif not root.is_dir():
-        raise UserError(f"dataset.root={root}: folder not found; set dataset.root to the folder holding the videos")
+        problem = " is a file, not a folder" if root.exists() else ": folder not found"
+        raise UserError(f"dataset.root={root}{problem}; set dataset.root to the folder holding the videos")
     else:
         name, kwargs = cfg.name, _annotation_arguments(cfg)
     try:
@@ -77,12 +79,13 @@ def missing_videos(root: Path, records: list[VideoRecord]) -> list[str]:
 
 def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
     """`read_annotations`, less the videos of `dataset.exclude`; then stop on missing videos
-    (or drop them with `dataset.allow_missing`)."""
+    (or drop them with `dataset.allow_missing`, recording them in `annotations.missing`)."""
     root, annotations = read_annotations(cfg, progress)
     if cfg.exclude:
         exclude_videos(annotations, Path(cfg.exclude))
-    annotations.train = _drop_missing(root, annotations.train, cfg.allow_missing, "train")
-    annotations.test = _drop_missing(root, annotations.test, cfg.allow_missing, "test")
+    annotations.train, missing_train = _drop_missing(root, annotations.train, cfg.allow_missing, "train")
+    annotations.test, missing_test = _drop_missing(root, annotations.test, cfg.allow_missing, "test")
+    annotations.missing = sorted(set(missing_train + missing_test))
     return root, annotations
 
 
@@ -100,6 +103,9 @@ def exclude_videos(annotations: Annotations, exclude_file: Path) -> None:
     unknown = sorted(set(listed) - set(annotations.excluded))
     if unknown:
         log.warning("dataset.exclude=%s: %d paths match no listed video (first: %s)", exclude_file, len(unknown), unknown[0])
+
+
+EXCLUDE_HEADER = "# dataset.exclude list (scripts/inspect_dataset.py): video path, tab, reason\n"
 
 
 def read_exclude_list(path: Path) -> dict[str, str]:
@@ -121,8 +127,19 @@ def read_exclude_list(path: Path) -> dict[str, str]:
 
 
 def write_exclude_list(path: Path, entries: dict[str, str]) -> None:
-    """Write {video path: note} in the format `read_exclude_list` reads."""
-    path.write_text("".join(f"{video}\t{note}\n" if note else f"{video}\n" for video, note in sorted(entries.items())))
+    """Write {video path: note} in the format `read_exclude_list` reads, under the line `EXCLUDE_HEADER`.
+
+    The file is replaced whole (a temporary file in the same folder, then renamed): a write
+    that fails leaves the previous list.
+    """
+    text = EXCLUDE_HEADER + "".join(f"{video}\t{note}\n" if note else f"{video}\n" for video, note in sorted(entries.items()))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _annotation_arguments(cfg: DatasetConfig) -> dict:
@@ -141,11 +158,16 @@ def _annotation_arguments(cfg: DatasetConfig) -> dict:
     return kwargs
 
 
-def _drop_missing(root: Path, records: list[VideoRecord], allow_missing: bool, split: str) -> list[VideoRecord]:
-    """Check every listed video exists; stop, or with allow_missing drop the missing ones."""
+def _drop_missing(
+    root: Path, records: list[VideoRecord], allow_missing: bool, split: str
+) -> tuple[list[VideoRecord], list[str]]:
+    """Check every listed video exists; stop, or with allow_missing drop the missing ones.
+
+    Returns the records kept and the paths dropped.
+    """
     missing = missing_videos(root, records)
     if not missing:
-        return records
+        return records, []
     if not allow_missing:
         raise UserError(
             f"{len(missing)} of {len(records)} {split} videos are missing under dataset.root={root} "
@@ -153,7 +175,7 @@ def _drop_missing(root: Path, records: list[VideoRecord], allow_missing: bool, s
         )
     log.warning("dropping %d missing %s videos (dataset.allow_missing=true), first: %s", len(missing), split, missing[:3])
     absent = set(missing)
-    return [r for r in records if r.path not in absent]
+    return [r for r in records if r.path not in absent], missing
 
 
 def build_datasets(

@@ -6,12 +6,12 @@ Randomness (frame offsets, crops, flips, replacements) is seeded per sample from
 (seed, epoch, index), so a sample's clip does not depend on which worker loads it or on
 where a resumed run starts. A video that cannot be decoded never stops a run: in training it is replaced by another
 video and reported in the sample's `failed` field; in testing the sample is marked
-`ok = False` so that evaluation excludes and lists it.
+`ok = False` so that evaluation excludes and lists it. The dataset logs nothing about such
+videos (each DataLoader worker would log them again): the trainer and evaluation report `failed`.
 """
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,8 +22,6 @@ from torch.utils.data import Dataset
 
 from rcca.data.annotations import VideoRecord
 from rcca.data.decoding import DecodeError, read_frames
-
-log = logging.getLogger(__name__)
 
 IndexSampler = Callable[[int, np.random.Generator], list[int]]
 
@@ -44,8 +42,8 @@ class VideoDataset(Dataset):
             False (testing) they come back with `ok = False` and zero pixels.
 
     Each item is a dict: `clip` (C x T x H x W in training; V x C x T x H x W in testing with
-    V = clips_per_video x crops), `label`, `index`, `ok`, `failed` (path of a video that
-    was replaced, or "").
+    V = clips_per_video x crops), `label`, `index`, `ok`, `failed` (path of the video that
+    could not be decoded: replaced in training, or ""), `reason` (why: the `DecodeError`, or "").
     """
 
     def __init__(
@@ -67,7 +65,6 @@ class VideoDataset(Dataset):
         self.clips_per_video = clips_per_video
         self.replace_failed = replace_failed
         self.seed = seed
-        self._reported: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.records)
@@ -80,30 +77,25 @@ class VideoDataset(Dataset):
             views = [self.transform(clip) for clip in frames.chunk(self.clips_per_video)]
         return views[0] if len(views) == 1 else torch.cat(views)  # testing: V x C x T x H x W each
 
-    def _report(self, error: DecodeError) -> None:
-        message = str(error)
-        if message not in self._reported:
-            self._reported.add(message)
-            log.warning("skipping undecodable video: %s", message)
-
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         """`key` is an index or an (epoch, index) pair from `EpochSampler`."""
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, index])
-        failed = ""
+        failed = reason = ""
         for _ in range(10):
             try:
                 clip = self._load(index, rng)
-                return {"clip": clip, "label": self.records[index].label, "index": index, "ok": True, "failed": failed}
+                return {"clip": clip, "label": self.records[index].label, "index": index, "ok": True,
+                        "failed": failed, "reason": reason}
             except DecodeError as error:
-                self._report(error)
+                failed, reason = failed or self.records[index].path, reason or str(error)
                 if not self.replace_failed:
                     break
-                failed = failed or self.records[index].path
                 index = int(rng.integers(len(self.records)))
         if self.replace_failed:
             raise DecodeError(f"10 videos in a row failed to decode under {self.root}: check dataset.root and dataset.backend")
-        return {"clip": self._placeholder(), "label": self.records[index].label, "index": index, "ok": False, "failed": self.records[index].path}
+        return {"clip": self._placeholder(), "label": self.records[index].label, "index": index, "ok": False,
+                "failed": failed, "reason": reason}
 
     def _placeholder(self) -> Tensor:
         """Zero views with the shape a good video would have, so batches still collate."""

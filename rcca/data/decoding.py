@@ -3,18 +3,29 @@
 Every backend answers the same call, `read_frames(path, choose_indices)`: it finds the
 video's frame count, asks `choose_indices(num_frames)` which frames to read, and returns
 them as a uint8 tensor T x C x H x W (RGB), in the order asked (indices may repeat).
+A file that cannot be read raises `DecodeError`, whose one-line message names the readers
+tried and why each failed; what the decoders' native code prints about it goes to the log
+at DEBUG level, not to the terminal.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-BACKENDS = ("decord", "pyav", "frames")
+log = logging.getLogger(__name__)
+
+READERS = {"decord": "decord, then PyAV", "pyav": "PyAV", "frames": "torchvision (JPEG frames)"}  # backend: readers tried, in order
+BACKENDS = tuple(READERS)
 FRAME_TEMPLATE = "img_{:05d}.jpg"  # TSM's extracted-frame naming, 1-based
 
 IndexChooser = Callable[[int], list[int]]
@@ -24,16 +35,39 @@ class DecodeError(RuntimeError):
     """A video that cannot be read: empty, truncated, not a video, or without frames."""
 
 
+@contextmanager
+def _native_stderr_to_log(path: Path) -> Iterator[None]:
+    """Send what native code writes to stderr (file descriptor 2) inside the block to the log at DEBUG.
+
+    decord prints ffmpeg's messages and its own errors ("ERROR opening: ...") there, which no
+    setting silences; the failure reaches the caller as a `DecodeError` anyway.
+    """
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as capture:
+        saved = os.dup(2)
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            printed = capture.read().decode(errors="replace").strip()
+    if printed:
+        log.debug("%s: the decoder printed: %s", path, printed)
+
+
 def read_frames_decord(path: Path, choose_indices: IndexChooser) -> Tensor:
     """Seek and decode only the chosen frames with decord (one thread: parallelism comes from workers)."""
     import decord
 
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        num_frames = len(reader)
-        if num_frames == 0:
-            raise DecodeError(f"{path}: no frames")
-        frames = reader.get_batch(choose_indices(num_frames)).asnumpy()
+        with _native_stderr_to_log(path):
+            reader = decord.VideoReader(str(path), num_threads=1)
+            num_frames = len(reader)
+            if num_frames == 0:
+                raise DecodeError(f"{path}: decord failed: no frames")
+            frames = reader.get_batch(choose_indices(num_frames)).asnumpy()
     except DecodeError:
         raise
     except (decord.DECORDError, RuntimeError, AssertionError) as error:  # decord raises all three on bad files
@@ -51,7 +85,7 @@ def read_frames_pyav(path: Path, choose_indices: IndexChooser) -> Tensor:
     except (av.error.FFmpegError, ValueError, IndexError) as error:
         raise DecodeError(f"{path}: PyAV failed: {error}") from None
     if not decoded:
-        raise DecodeError(f"{path}: no frames")
+        raise DecodeError(f"{path}: PyAV failed: no frames")
     frames = np.stack([decoded[i] for i in choose_indices(len(decoded))])
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
@@ -76,15 +110,21 @@ def read_frames_folder(path: Path, choose_indices: IndexChooser) -> Tensor:
 def read_frames(path: Path, choose_indices: IndexChooser, backend: str = "decord") -> Tensor:
     """Read the chosen frames with `backend`; decord falls back to PyAV on a file it cannot read.
 
-    Returns T x C x H x W uint8. Raises DecodeError when no backend can read the file.
+    Returns T x C x H x W uint8. Raises DecodeError when no backend can read the file, with
+    each reader's error: "<path>: decord failed: ...; then PyAV failed: ...".
     """
     if backend == "frames":
         return read_frames_folder(path, choose_indices)
-    if backend == "decord":
-        try:
-            return read_frames_decord(path, choose_indices)
-        except (DecodeError, ImportError):
-            pass  # decord misreads some files PyAV handles (e.g. widths that are not a multiple of 16)
-    elif backend != "pyav":
+    if backend == "pyav":
+        return read_frames_pyav(path, choose_indices)
+    if backend != "decord":
         raise ValueError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
-    return read_frames_pyav(path, choose_indices)
+    try:
+        return read_frames_decord(path, choose_indices)
+    except ImportError:
+        return read_frames_pyav(path, choose_indices)
+    except DecodeError as decord_error:  # decord misreads some files PyAV handles (e.g. widths that are not a multiple of 16)
+        try:
+            return read_frames_pyav(path, choose_indices)
+        except DecodeError as pyav_error:
+            raise DecodeError(f"{decord_error}; then {str(pyav_error).removeprefix(f'{path}: ')}") from None

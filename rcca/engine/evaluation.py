@@ -53,19 +53,20 @@ def predict_videos(
     view_chunk: int = 16,
     progress: bool = False,
     autocast_dtype: torch.dtype | None = None,
-) -> tuple[Tensor, Tensor, list[int], list[str]]:
+) -> tuple[Tensor, Tensor, list[int], dict[str, str]]:
     """Score every video of the loader, on every process, and gather the results.
 
-    Each batch holds `clip` N x V x C x T x H x W (V views), `label`, `index`, `ok`.
-    Views are pushed through the model `view_chunk` at a time, so 10 clips x 10 crops fit.
-    Returns (scores M x K, labels M, dataset indices M, failed video paths); each video is
+    Each batch holds `clip` N x V x C x T x H x W (V views), `label`, `index`, `ok`, and for
+    undecodable videos `failed` (path) and `reason`. Views are pushed through the model
+    `view_chunk` at a time, so 10 clips x 10 crops fit.
+    Returns (scores M x K, labels M, dataset indices M, {undecodable video: reason}); each video is
     counted once even when a distributed sampler padded the dataset with repeats.
     """
     model.eval()
     all_scores, all_labels, all_indices, failed = [], [], [], []
     for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False, unit="batch"):
         ok = batch["ok"]
-        failed += [p for p, good in zip(batch["failed"], ok.tolist()) if not good]
+        failed += [(p, why) for p, why, good in zip(batch["failed"], batch["reason"], ok.tolist()) if not good]
         clips = batch["clip"][ok]
         if len(clips) == 0:
             continue
@@ -84,7 +85,7 @@ def predict_videos(
     labels = gather_concat(torch.cat(all_labels) if all_labels else torch.zeros(0, dtype=torch.long, device=device))
     indices = gather_concat(torch.cat(all_indices) if all_indices else torch.zeros(0, dtype=torch.long, device=device))
     unique, first = _first_occurrence(indices)
-    failed = sorted(set(gather_lists(failed)))  # sampler padding can repeat a video
+    failed = dict(sorted(gather_lists(failed)))  # sampler padding can repeat a video
     return scores[first].cpu(), labels[first].cpu(), unique.tolist(), failed
 
 

@@ -220,6 +220,7 @@ def _train_in(
         metrics["best_top1"] = trainer.progress.best_top1
         metrics["classes"] = classes
         metrics["excluded_videos"] = annotations.excluded  # dataset.exclude: results cover the other videos
+        metrics["missing_videos"] = annotations.missing  # dropped by dataset.allow_missing
         metrics["config_history"] = trainer.config_history
         write_metrics(run_dir / "metrics.json", metrics)
         writer.add_hparams(
@@ -315,6 +316,7 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     metrics = video_metrics(scores, labels, classes)
     metrics.update(
         checkpoint=str(cfg.ckpt), failed_videos=failed, excluded_videos=annotations.excluded,
+        missing_videos=annotations.missing,
         num_clips=run_cfg.test.num_clips, num_crops=run_cfg.test.num_crops,
     )
     write_metrics(run_dir / "metrics.json", metrics)

@@ -123,7 +123,7 @@ class Trainer:
         self.config_history: list[dict] = []  # settings changed on resume: {"step", "epoch", "changes"}
         self._verified: dict | None = None  # last state whose forward losses were all finite
         self.stop_requested = False
-        self.failed_train: set[str] = set()  # undecodable training videos seen by this process
+        self.failed_train: dict[str, str] = {}  # undecodable training videos seen by this process: reason
 
     # ----------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
@@ -307,10 +307,10 @@ class Trainer:
             window["correct1"] += correct1
             window["correct5"] += correct5
             window["clips"] += len(batch["label"])
-            for path in batch["failed"]:
+            for path, reason in zip(batch["failed"], batch["reason"]):
                 if path and path not in self.failed_train:
-                    self.failed_train.add(path)
-                    log.warning("replaced undecodable training video %s (reported once)", path)
+                    self.failed_train[path] = reason
+                    log.warning("replaced undecodable training video %s (reported once): %s", path, reason)
             self.progress.batches_in_epoch += 1
             bar.update(1)
             if self.progress.batches_in_epoch % self.accumulation == 0:
@@ -402,7 +402,7 @@ class Trainer:
         )
         metrics = video_metrics(scores, labels, self.class_names)
         metrics["failed_videos"] = failed
-        metrics["train_failed_videos"] = sorted(set(gather_lists(sorted(self.failed_train))))
+        metrics["train_failed_videos"] = dict(sorted(gather_lists(sorted(self.failed_train.items()))))
         if is_main_process():
             log.info(
                 "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%d videos%s)",
