@@ -4,13 +4,14 @@ The model config is read from the checkpoint; overrides such as test.num_clips=1
 test.num_crops=3 or dataset.split=2 change only what they name.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rcca.config import register_configs
+from rcca.config import check_overrides, register_configs
 from rcca.engine.launch import test, user_errors
 
 register_configs()
@@ -24,4 +25,6 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    with user_errors():
+        check_overrides(sys.argv[1:])  # before Hydra parses them: unknown keys, unwritable output folders
     main()

@@ -3,13 +3,14 @@
 With no arguments this runs the CPU quick-start (experiment=quickstart). See README.md.
 """
 
+import sys
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rcca.config import register_configs
+from rcca.config import check_overrides, register_configs
 from rcca.engine.launch import train, user_errors
 
 register_configs()
@@ -24,4 +25,6 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    with user_errors():
+        check_overrides(sys.argv[1:])  # before Hydra parses them: unknown keys, unwritable output folders
     main()

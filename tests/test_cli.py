@@ -185,7 +185,7 @@ def test_channels_last_and_mixed_precision_run_resume_and_test(tmp_path, synthet
     assert json.loads((test_dir / "metrics.json").read_text())["num_videos"] == 16
     assert "precision bf16, channels-last" in (test_dir / "test.log").read_text()
     result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "trainer.amp=fp8", check=False)
-    assert result.returncode == 2 and "trainer.amp='fp8': choose one of off, bf16, fp16" in result.stderr
+    assert result.returncode == 2 and "trainer.amp=fp8: must be one of off, bf16, fp16" in result.stderr
 
 
 needs_two_gpus = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")

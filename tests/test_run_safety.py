@@ -115,7 +115,7 @@ def test_resume_applies_run_settings_refuses_model_changes_and_records_both(tmp_
     assert (run_dir / "last.pt").read_bytes() == first
 
     result = tiny(synthetic_cache, run_dir, "trainer.epochs=2", "resume=auto", "optimizer.lr=0.5")
-    assert "optimizer.lr changed from 0.01 to 0.5" in result.stderr
+    assert "optimizer.lr changed from 0.01 to 0.5" in result.stdout + result.stderr
     saved = load(run_dir / "last.pt")
     assert saved["step"] == 8 and saved["config"]["optimizer"]["lr"] == 0.5
     # The schedule (warm-up over epoch 1, then flat until epoch 6) now runs from the new LR.
@@ -128,7 +128,8 @@ def test_resume_applies_run_settings_refuses_model_changes_and_records_both(tmp_
 
 def test_resume_auto_without_checkpoint_warns_where_it_cannot_be_missed(tmp_path, synthetic_cache):
     result = tiny(synthetic_cache, tmp_path / "new", "trainer.epochs=1", "resume=auto")
-    assert "resume=auto: NO CHECKPOINT in" in result.stderr and "hydra.run.dir=<that folder>" in result.stderr
+    output = result.stdout + result.stderr
+    assert "resume=auto: NO CHECKPOINT in" in output and "hydra.run.dir=<that folder>" in output
     assert "resume=auto found no checkpoint, so this was a new run" in result.stdout
 
 

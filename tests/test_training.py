@@ -37,7 +37,7 @@ class PointsDataset(Dataset):
 
     def __getitem__(self, key):
         _, index = key
-        return {"clip": self.x[index], "label": self.y[index], "index": index, "ok": True, "failed": ""}
+        return {"clip": self.x[index], "label": self.y[index], "index": index, "ok": True, "failed": "", "reason": ""}
 
 
 class LinearClassifier(nn.Module):
@@ -190,7 +190,8 @@ def test_accumulation_steps_must_divide():
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(tmp_path):
-    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) .* at update 1 .*last\.pt"):
+    # Non-finite from the first forward: no state of this run is known to be good, and the message says so.
+    with pytest.raises(TrainingDiverged, match=r"loss is (nan|inf) .* at update 1 .*before any update of this run"):
         one_update(batch_size=4, effective=4, tmp=tmp_path, scale=float("nan"))
 
 
@@ -232,7 +233,7 @@ class ViewsDataset(Dataset):
     def __getitem__(self, key):
         _, index = key
         clip = torch.tensor(self.view_values[index]).view(-1, 1, 1, 1, 1)  # V x C x T x H x W
-        return {"clip": clip, "label": self.labels[index], "index": index, "ok": True, "failed": ""}
+        return {"clip": clip, "label": self.labels[index], "index": index, "ok": True, "failed": "", "reason": ""}
 
 
 class ValueToLogits(nn.Module):
@@ -312,7 +313,7 @@ class ViewsWithFailure(ViewsDataset):
     def __getitem__(self, key):
         item = super().__getitem__(key)
         if item["index"] == 3:
-            item.update(ok=False, failed="v3.mp4", clip=torch.zeros_like(item["clip"]) + 0.5)
+            item.update(ok=False, failed="v3.mp4", reason="v3.mp4: broken", clip=torch.zeros_like(item["clip"]) + 0.5)
         return item
 
 
@@ -333,7 +334,7 @@ def test_distributed_evaluation_counts_each_video_once_and_gathers_failures(tmp_
     mp.spawn(_distributed_evaluation_worker, args=(29500 + (os.getpid() + 7) % 1000, str(out)), nprocs=2, join=True)
     result = torch.load(out)
     assert result["indices"] == [0, 1, 2, 4]
-    assert result["failed"] == ["v3.mp4"]
+    assert result["failed"] == {"v3.mp4": "v3.mp4: broken"}
     assert result["labels"].tolist() == [0, 1, 0, 0]
     expected_first_class = [0.7, 0.3, 0.6, 0.7]  # mean over the two views of each video
     assert result["scores"][:, 0].tolist() == pytest.approx(expected_first_class)

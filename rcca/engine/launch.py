@@ -18,7 +18,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 from torch.utils.tensorboard import SummaryWriter
 
-from rcca.config import Config
+from rcca.config import Config, validate_config
 from rcca.data.build import ClipSampling, build_datasets, build_loader, load_dataset
 from rcca.data.decoding import DecodeError
 from rcca.engine.checkpoints import read_checkpoint, run_config_of
@@ -57,16 +57,11 @@ def user_errors():
 
 
 def check_required(cfg: DictConfig) -> None:
-    """Fail before any work with the key's name: mandatory values (???) and sizes that cannot work."""
+    """Fail before any work with the key's name: mandatory values (???), then every value's rule."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset")
-    autocast_dtype(cfg.trainer.amp)
-    if cfg.data.crop_size > cfg.test.resize_short:
-        raise UserError(
-            f"data.crop_size={cfg.data.crop_size} is larger than test.resize_short={cfg.test.resize_short}: "
-            "test crops are cut from the resized frames; raise test.resize_short or lower data.crop_size"
-        )
+    validate_config(cfg)
 
 
 def resolve_device(name: str) -> torch.device:

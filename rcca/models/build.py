@@ -24,7 +24,7 @@ MODULES = ("none", "nl", "rcca")
 def build_backbone(cfg: BackboneConfig, num_classes: int) -> nn.Module:
     """The bare backbone: TSM ResNet or MF-Net. Input N x 3 x T x H x W, output N x num_classes."""
     if cfg.name == "tsm":
-        return TSMResNet(cfg.depth, num_classes, cfg.num_frames, cfg.shift_div, cfg.dropout, cfg.width)
+        return TSMResNet(cfg.depth, num_classes, cfg.num_frames, cfg.shift_div, cfg.dropout, cfg.width, cfg.shift_place)
     if cfg.name == "mfnet":
         return MFNet3D(num_classes=num_classes, num_frames=cfg.num_frames, dropout=cfg.dropout)
     raise ValueError(f"backbone.name={cfg.name!r}: choose one of {', '.join(BACKBONES)}")
