@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,6 +32,20 @@ def load(path: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, synthetic_cache) -> Path:
+    """The folder of a finished one-epoch tiny run, shared by the tests of this module (copy it to change it)."""
+    run_dir = tmp_path_factory.mktemp("trained") / "run"
+    tiny(synthetic_cache, run_dir, "trainer.epochs=1")
+    return run_dir
+
+
+def copy_run(trained: Path, destination: Path) -> Path:
+    """A copy of a run's checkpoints and records, as if that run had been made in `destination`."""
+    shutil.copytree(trained, destination, ignore=shutil.ignore_patterns(".rcca.lock"))
+    return destination
+
+
 def one_line_error(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
@@ -41,9 +57,8 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 # ---------------------------------------------------------------- one run per folder
 
 
-def test_fresh_run_refuses_a_folder_that_holds_checkpoints(tmp_path, synthetic_cache):
-    run_dir = tmp_path / "run"
-    tiny(synthetic_cache, run_dir, "trainer.epochs=1")
+def test_fresh_run_refuses_a_folder_that_holds_checkpoints(tmp_path, synthetic_cache, trained):
+    run_dir = copy_run(trained, tmp_path / "run")
     before = (run_dir / "last.pt").read_bytes()
     message = one_line_error(tiny(synthetic_cache, run_dir, "trainer.epochs=1", "seed=1", check=False))
     assert "already holds last.pt and best.pt" in message and "overwrite=true" in message and "resume=auto" in message
@@ -104,9 +119,8 @@ def test_divergence_names_a_checkpoint_that_trains_on_with_a_lower_lr(tmp_path, 
 # ---------------------------------------------------------------- resume records
 
 
-def test_resume_applies_run_settings_refuses_model_changes_and_records_both(tmp_path, synthetic_cache):
-    run_dir = tmp_path / "run"
-    tiny(synthetic_cache, run_dir, "trainer.epochs=1")
+def test_resume_applies_run_settings_refuses_model_changes_and_records_both(tmp_path, synthetic_cache, trained):
+    run_dir = copy_run(trained, tmp_path / "run")
     first = (run_dir / "last.pt").read_bytes()
 
     message = one_line_error(tiny(synthetic_cache, run_dir, "trainer.epochs=2", "resume=auto", "module.recurrence=2",
@@ -225,37 +239,43 @@ def test_full_disk_during_training_is_one_line(tmp_path, synthetic_cache, small_
 # ---------------------------------------------------------------- bad checkpoint files
 
 
-def test_bad_checkpoint_files_are_one_line_errors(tmp_path, synthetic_cache):
+def test_bad_checkpoint_files_are_one_line_errors(tmp_path, synthetic_cache, trained):
+    # Every kind of bad file is checked on `read_checkpoint` in test_convert.py; here each entry point's path.
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
-    run_dir = tmp_path / "run"
-    tiny(synthetic_cache, run_dir, "trainer.epochs=1")
     truncated = tmp_path / "truncated.pt"
-    truncated.write_bytes((run_dir / "last.pt").read_bytes()[:100_000])
+    truncated.write_bytes((trained / "last.pt").read_bytes()[:100_000])
     weights_only = tmp_path / "weights.pt"
-    torch.save(load(run_dir / "last.pt")["model"], weights_only)
-
+    torch.save(load(trained / "last.pt")["model"], weights_only)
     cases = [
-        ("train.py", [f"init_from={text}"], f"init_from={text} is not a"),
-        ("train.py", [f"resume={truncated}"], f"resume={truncated} is not a complete PyTorch checkpoint"),
-        ("test.py", [f"ckpt={text}"], f"ckpt={text} is not a"),
-        ("test.py", [f"ckpt={run_dir}"], f"ckpt={run_dir} is a folder"),
+        ("train.py", [*TINY, f"data.cache_dir={synthetic_cache}", f"init_from={text}"], f"init_from={text} is not a"),
+        ("train.py", [*TINY, f"data.cache_dir={synthetic_cache}", f"resume={truncated}"],
+         f"resume={truncated} is not a complete PyTorch checkpoint"),
+        ("test.py", [f"ckpt={trained}"], f"ckpt={trained} is a folder"),
         ("test.py", [f"ckpt={weights_only}"], "was not written by rcca's trainer"),
     ]
     for script, overrides, expected in cases:
-        extra = [*TINY, f"data.cache_dir={synthetic_cache}"] if script == "train.py" else []
-        result = run_entry(script, *extra, *overrides, f"hydra.run.dir={tmp_path / 'out'}", check=False)
+        result = run_entry(script, *overrides, f"hydra.run.dir={tmp_path / 'out'}", check=False)
         assert expected in one_line_error(result), (script, overrides)
 
 
-def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_cache):
-    run_dir = tmp_path / "run"
-    tiny(synthetic_cache, run_dir, "trainer.epochs=1")
-    for override, expected in [("backbone=mfnet", "backbone.name=mfnet (checkpoint: tsm)"),
-                               ("module.recurrence=2", "module.recurrence=2 (checkpoint: 3)")]:
-        result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", override, f"hydra.run.dir={tmp_path / 't'}", check=False)
-        message = one_line_error(result)
-        assert override in message and expected in message
-    # Repeating the checkpoint's own value is fine.
-    run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", "module.recurrence=3", f"hydra.run.dir={tmp_path / 't2'}",
-              f"data.cache_dir={synthetic_cache}")
+def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_cache, trained):
+    from omegaconf import OmegaConf
+
+    from rcca.config import compose_config
+    from rcca.engine.launch import checkpoint_config
+
+    saved = load(trained / "last.pt")["config"]
+    for overrides, expected in [(["backbone=mfnet"], "backbone.name=mfnet (checkpoint: tsm)"),
+                                (["module.recurrence=2"], "module.recurrence=2 (checkpoint: 3)"),
+                                (["module=nl"], "module.name=nl (checkpoint: rcca)")]:
+        with pytest.raises(UserError, match=re.escape(expected)) as info:
+            checkpoint_config(compose_config(overrides), saved, overrides)
+        assert str(info.value).startswith(f"{overrides[0]}: test.py evaluates the checkpoint's own model")
+    # Repeating the checkpoint's own value is fine, and other sections still apply.
+    merged = checkpoint_config(compose_config(["module.recurrence=3", "test.num_clips=2"]), saved,
+                               ["module.recurrence=3", "test.num_clips=2"])
+    assert merged.module == OmegaConf.create(saved["module"]) and merged.test.num_clips == 2
+    result = run_entry("test.py", f"ckpt={trained / 'last.pt'}", "backbone=mfnet", f"hydra.run.dir={tmp_path / 't'}",
+                       check=False)
+    assert "backbone=mfnet: test.py evaluates the checkpoint's own model" in one_line_error(result)

@@ -133,9 +133,8 @@ def claim_run_folder(cfg: Config, run_dir: Path) -> RunFolderLock | None:
     return lock
 
 
-def initialise_weights(model: torch.nn.Module, cfg: Config) -> None:
-    """Fill `model` from `init_from` (fine-tuning); one-line errors for unreadable or mismatched files."""
-    checkpoint = read_checkpoint(cfg.init_from, "init_from")
+def initialise_weights(model: torch.nn.Module, checkpoint: dict, cfg: Config) -> None:
+    """Fill `model` from the `init_from` checkpoint (fine-tuning); a one-line error for a mismatched file."""
     try:
         report = load_pretrained(model, checkpoint, cfg.init_from_format, f"init_from={cfg.init_from}")
     except ValueError as error:
@@ -177,6 +176,7 @@ def _train_in(
     config = OmegaConf.to_container(cfg, resolve=True)
     checkpoint = resume_checkpoint(cfg.resume, run_dir)
     changes = config_changes(checkpoint["config"], config) if checkpoint is not None else {}
+    init = read_checkpoint(cfg.init_from, "init_from") if cfg.init_from and checkpoint is None else None
     with main_process_first():
         train_set, test_set, annotations = make_datasets(cfg, progress=main and sys.stderr.isatty())
     classes = annotations.classes
@@ -184,8 +184,8 @@ def _train_in(
     train_loader = build_loader(train_set, cfg.trainer.batch_size, True, *loader_args)
     test_loader = build_loader(test_set, evaluation_batch_size(cfg), False, *loader_args)
     model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
-    if cfg.init_from and checkpoint is None:
-        initialise_weights(model, cfg)
+    if init is not None:
+        initialise_weights(model, init, cfg)
     if cfg.trainer.sync_bn and world_size > 1:
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
