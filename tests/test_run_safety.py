@@ -21,6 +21,7 @@ import torch
 from conftest import REPO, TINY, run_entry
 from rcca.engine.checkpoints import save_checkpoint
 from rcca.engine.files import RunFolderLock
+from rcca.engine.resuming import resume_checkpoint
 from rcca.errors import UserError
 
 
@@ -127,6 +128,13 @@ def test_resume_applies_run_settings_refuses_model_changes_and_records_both(tmp_
                                   "trainer.batch_size=8", check=False))
     assert "module.recurrence=2 (checkpoint: 3)" in message and "trainer.batch_size=8 (checkpoint: 4)" in message
     assert (run_dir / "last.pt").read_bytes() == first
+
+    other = copy_run(trained, tmp_path / "other_classes")
+    state = load(other / "last.pt")
+    state["classes"] = state["classes"][::-1]  # a checkpoint of another dataset with the same class count
+    torch.save(state, other / "last.pt")
+    message = one_line_error(tiny(synthetic_cache, other, "resume=auto", check=False))
+    assert "resume: the dataset's classes differ from the checkpoint's" in message
 
     result = tiny(synthetic_cache, run_dir, "trainer.epochs=2", "resume=auto", "optimizer.lr=0.5")
     assert "optimizer.lr changed from 0.01 to 0.5" in result.stdout + result.stderr
@@ -240,18 +248,19 @@ def test_full_disk_during_training_is_one_line(tmp_path, synthetic_cache, small_
 
 
 def test_bad_checkpoint_files_are_one_line_errors(tmp_path, synthetic_cache, trained):
-    # Every kind of bad file is checked on `read_checkpoint` in test_convert.py; here each entry point's path.
+    # Every kind of bad file is checked on `read_checkpoint` in test_convert.py; here the entry points' paths.
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint\n")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes((trained / "last.pt").read_bytes()[:100_000])
     weights_only = tmp_path / "weights.pt"
     torch.save(load(trained / "last.pt")["model"], weights_only)
+    with pytest.raises(UserError, match=f"resume={truncated} is not a complete PyTorch checkpoint"):
+        resume_checkpoint(str(truncated), tmp_path)
+    with pytest.raises(UserError, match="was not written by rcca's trainer"):
+        resume_checkpoint(str(weights_only), tmp_path)
     cases = [
         ("train.py", [*TINY, f"data.cache_dir={synthetic_cache}", f"init_from={text}"], f"init_from={text} is not a"),
-        ("train.py", [*TINY, f"data.cache_dir={synthetic_cache}", f"resume={truncated}"],
-         f"resume={truncated} is not a complete PyTorch checkpoint"),
-        ("test.py", [f"ckpt={trained}"], f"ckpt={trained} is a folder"),
         ("test.py", [f"ckpt={weights_only}"], "was not written by rcca's trainer"),
     ]
     for script, overrides, expected in cases:

@@ -133,6 +133,14 @@ def claim_run_folder(cfg: Config, run_dir: Path) -> RunFolderLock | None:
     return lock
 
 
+def _first_difference(a: list[str], b: list[str]) -> str:
+    """The first class name (as "ours / theirs") where two class lists differ."""
+    for ours, theirs in zip(a, b):
+        if ours != theirs:
+            return f"{ours!r} / {theirs!r}"
+    return f"position {min(len(a), len(b)) + 1}"
+
+
 def initialise_weights(model: torch.nn.Module, checkpoint: dict, cfg: Config) -> None:
     """Fill `model` from the `init_from` checkpoint (fine-tuning); a one-line error for a mismatched file."""
     try:
@@ -180,6 +188,12 @@ def _train_in(
     with main_process_first():
         train_set, test_set, annotations = make_datasets(cfg, progress=main and sys.stderr.isatty())
     classes = annotations.classes
+    if checkpoint is not None and checkpoint.get("classes", classes) != classes:
+        raise UserError(
+            f"resume: the dataset's classes differ from the checkpoint's ({len(classes)} vs "
+            f"{len(checkpoint['classes'])}, first difference at {_first_difference(classes, checkpoint['classes'])}); "
+            "resume on the same dataset, or start a new run with init_from=<checkpoint>"
+        )
     loader_args = (cfg.trainer.num_workers, cfg.seed, rank, world_size, cfg.trainer.data_timeout)
     train_loader = build_loader(train_set, cfg.trainer.batch_size, True, *loader_args)
     test_loader = build_loader(test_set, evaluation_batch_size(cfg), False, *loader_args)
