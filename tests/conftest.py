@@ -37,6 +37,23 @@ def run_entry(script: str, *overrides: str, timeout: float = 300, check: bool = 
     return result
 
 
+class WritesMarker:
+    """Unpickling an instance runs `Path(marker).write_text("code ran")`: what a malicious checkpoint does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.write_text, (Path(self.marker), "code ran")
+
+
+def save_malicious_checkpoint(path: Path, marker: Path, **entries) -> None:
+    """A checkpoint (with `entries`) whose unpickling would create `marker`."""
+    import torch
+
+    torch.save({**entries, "payload": WritesMarker(marker)}, path)
+
+
 @pytest.fixture(scope="session")
 def synthetic_cache(tmp_path_factory) -> Path:
     """One cache folder for the tiny synthetic set, shared by the tests of a session."""

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 
+from conftest import save_malicious_checkpoint
 from rcca.engine.checkpoints import read_checkpoint
 from rcca.errors import UserError
 from rcca.models.convert import (
@@ -256,23 +257,11 @@ def test_context_modules_are_new_after_backbone_load(tmp_path, mfnet_state):
     assert report.new and all(k.startswith("conv3.B01.context.") for k in report.new)
 
 
-class WritesMarker:
-    """Unpickling an instance runs `Path(marker).write_text(...)`: what a malicious checkpoint does."""
-
-    def __init__(self, marker: str) -> None:
-        self.marker = marker
-
-    def __reduce__(self):
-        import pathlib
-
-        return pathlib.Path.write_text, (pathlib.Path(self.marker), "code ran")
-
-
 def test_checkpoint_that_would_run_code_is_refused(tmp_path, mfnet_state):
     marker = tmp_path / "marker.txt"
     path = tmp_path / "evil.pth"
     official = {"module." + k: v for k, v in mfnet_state.items()}
-    torch.save({"epoch": 0, "state_dict": official, "payload": WritesMarker(str(marker))}, path)
+    save_malicious_checkpoint(path, marker, epoch=0, state_dict=official)
     with pytest.raises(UserError, match="refused, reading it would need") as info:
         read_checkpoint(path, "init_from")
     assert "\n" not in str(info.value) and str(path) in str(info.value)

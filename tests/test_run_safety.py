@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, TINY, run_entry
+from conftest import REPO, TINY, run_entry, save_malicious_checkpoint
 from rcca.engine.checkpoints import save_checkpoint
 from rcca.engine.files import RunFolderLock
 from rcca.engine.resuming import resume_checkpoint
@@ -266,6 +266,47 @@ def test_bad_checkpoint_files_are_one_line_errors(tmp_path, synthetic_cache, tra
     for script, overrides, expected in cases:
         result = run_entry(script, *overrides, f"hydra.run.dir={tmp_path / 'out'}", check=False)
         assert expected in one_line_error(result), (script, overrides)
+
+
+def test_no_entry_point_runs_code_from_a_checkpoint(tmp_path, synthetic_cache, trained):
+    """A file whose unpickling would write a marker: train.py (init_from, resume=<file>,
+    resume=auto) and test.py refuse it, and the marker never appears."""
+    marker = tmp_path / "marker.txt"
+    evil = tmp_path / "evil.pt"
+    save_malicious_checkpoint(evil, marker, **load(trained / "last.pt"))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    shutil.copy(evil, run_dir / "last.pt")
+    # rcca files and released files took different paths before (the latter fell back to a full read).
+    train_cases = [[f"init_from={evil}", f"init_from_format={kind}"] for kind in ("rcca", "tsm")]
+    train_cases += [[f"resume={evil}"], ["resume=auto"]]
+    for overrides in train_cases:
+        result = tiny(synthetic_cache, run_dir if overrides == ["resume=auto"] else tmp_path / "out", *overrides,
+                      check=False)
+        assert "refused, reading it would need" in one_line_error(result), overrides
+    result = run_entry("test.py", f"ckpt={evil}", f"hydra.run.dir={tmp_path / 'test'}", check=False)
+    assert "refused, reading it would need" in one_line_error(result)
+    assert not marker.exists()
+
+
+def torch_load_calls(path: Path) -> list[bool]:
+    """For each `torch.load(...)` call in a Python file: whether it passes weights_only=True."""
+    import ast
+
+    calls = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and ast.unparse(node.func) == "torch.load":
+            calls.append(any(k.arg == "weights_only" and ast.unparse(k.value) == "True" for k in node.keywords))
+    return calls
+
+
+def test_project_code_reads_checkpoints_weights_only():
+    """torch.load only in the one reader (rcca/engine/checkpoints.py) and the ImageNet loader, both weights-only."""
+    files = [*(REPO / "rcca").rglob("*.py"), *(REPO / "scripts").rglob("*.py"), REPO / "train.py", REPO / "test.py"]
+    calls = {path.relative_to(REPO).as_posix(): torch_load_calls(path) for path in files}
+    assert {path: found for path, found in calls.items() if found} == {
+        "rcca/engine/checkpoints.py": [True], "rcca/models/tsm.py": [True],
+    }
 
 
 def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_cache, trained):
