@@ -12,6 +12,7 @@ from omegaconf import DictConfig
 
 from rcca.config import check_overrides, register_configs
 from rcca.engine.launch import train, user_errors
+from rcca.engine.resuming import check_named_run_folder
 
 register_configs()
 
@@ -27,4 +28,5 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     with user_errors():
         check_overrides(sys.argv[1:])  # before Hydra parses them: unknown keys, unwritable output folders
+        check_named_run_folder(sys.argv[1:])  # before Hydra writes its records into a folder another run holds
     main()

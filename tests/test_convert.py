@@ -290,12 +290,30 @@ def test_truncated_checkpoint_and_folder_are_one_line_errors(tmp_path, mfnet_sta
         read_checkpoint(tmp_path, "ckpt")
 
 
-def test_numpy_values_of_released_checkpoints_load(tmp_path, mfnet_state):
+def as_if_pickled_by_numpy_1(path):
+    """Rewrite a checkpoint's pickle to name NumPy's modules as NumPy 1.x did (`numpy.core`, not `numpy._core`),
+    as in the released TSM / MF-Net files."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as source:
+        entries = [(item, source.read(item.filename)) for item in source.infolist()]
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as target:
+        for item, data in entries:
+            if item.filename.endswith("data.pkl"):
+                assert b"numpy._core" in data
+                data = data.replace(b"numpy._core", b"numpy.core")
+            target.writestr(item, data)
+
+
+@pytest.mark.parametrize("numpy_1", [False, True])
+def test_numpy_values_of_released_checkpoints_load(tmp_path, mfnet_state, numpy_1):
     import numpy as np
 
     path = tmp_path / "release.pth"
     official = {"module." + k: v for k, v in mfnet_state.items()}
     torch.save({"epoch": 0, "state_dict": official, "best_prec1": np.float64(71.2), "rng": np.random.get_state()}, path)
+    if numpy_1:
+        as_if_pickled_by_numpy_1(path)
     checkpoint = read_checkpoint(path, "init_from")
     assert checkpoint["best_prec1"] == 71.2
     report = load_pretrained(MFNet3D(num_classes=400), checkpoint, "mfnet")
@@ -358,6 +376,10 @@ def test_plain_tsn_checkpoint_into_tsm_needs_the_tsn_format(tmp_path, resnet50_s
     report = load_pretrained(model, checkpoint, "tsn")
     assert report.skipped == [] and report.new == []
     assert_loaded(model, resnet50_state, report.loaded)
+    # A file with shift tensors is a TSM checkpoint, whatever the format says.
+    shifted = {official_tsm_name(k): v for k, v in resnet50_state.items()}
+    with pytest.raises(ValueError, match="init_from_format=tsm"):
+        load_pretrained(TSMResNet(depth=50, num_classes=400), full_tsm_checkpoint(shifted), "tsn")
 
 
 def test_subsampled_nonlocal_release_needs_subsample(tmp_path):

@@ -60,12 +60,20 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
 
 def test_fresh_run_refuses_a_folder_that_holds_checkpoints(tmp_path, synthetic_cache, trained):
     run_dir = copy_run(trained, tmp_path / "run")
-    before = (run_dir / "last.pt").read_bytes()
+    records = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and path.name != ".rcca.lock"}
     message = one_line_error(tiny(synthetic_cache, run_dir, "trainer.epochs=1", "seed=1", check=False))
     assert "already holds last.pt and best.pt" in message and "overwrite=true" in message and "resume=auto" in message
-    assert (run_dir / "last.pt").read_bytes() == before
+    # resume=auto without a last.pt is a new run too: it may not train over the other run's best.pt.
+    (run_dir / "last.pt").rename(tmp_path / "last.pt")
+    message = one_line_error(tiny(synthetic_cache, run_dir, "trainer.epochs=1", "resume=auto", check=False))
+    assert "already holds best.pt" in message
+    (tmp_path / "last.pt").rename(run_dir / "last.pt")
+    # The refused runs left the folder as it was: checkpoints, Hydra's records and the log.
+    assert {path: path.read_bytes() for path in records} == records
+    assert {p for p in run_dir.rglob("*") if p.is_file() and p.name != ".rcca.lock"} == set(records)
     tiny(synthetic_cache, run_dir, "trainer.epochs=1", "seed=1", "overwrite=true")
     assert load(run_dir / "last.pt")["config"]["seed"] == 1
+    assert json.loads((run_dir / "metrics.json").read_text())["config_history"] == []
 
 
 def _hold_lock(folder: str, ready, release) -> None:
@@ -87,6 +95,7 @@ def test_a_folder_in_use_is_refused_and_a_dead_holder_is_not_in_the_way(tmp_path
         # A second training run in the same folder stops at once, before any data or model work.
         message = one_line_error(tiny(synthetic_cache, tmp_path / "run", "resume=auto", check=False))
         assert "is in use by process" in message and "hydra.run.dir" in message
+        assert [p.name for p in (tmp_path / "run").iterdir()] == [".rcca.lock"]  # no records of the refused run
     finally:
         os.kill(holder.pid, signal.SIGKILL)  # dies holding the lock, as a killed run does
         holder.join()

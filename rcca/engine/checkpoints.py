@@ -27,10 +27,13 @@ import torch
 from rcca.engine.files import write_atomically
 from rcca.errors import UserError
 
-# Data-only NumPy types (arrays, dtypes, scalars): enough for NumPy RNG states and numeric fields.
+# Data-only NumPy types (arrays, dtypes, scalars): enough for NumPy RNG states and numeric fields, under
+# NumPy 2's module names and NumPy 1's (`numpy.core`, what released checkpoints were pickled with).
 NUMPY_DATA_GLOBALS = [
     np._core.multiarray._reconstruct,
     np._core.multiarray.scalar,
+    (np._core.multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
     np.ndarray,
     np.dtype,
     *(type(np.dtype(code)) for code in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64",

@@ -22,6 +22,7 @@ from rcca.errors import UserError
 
 LOCK_NAME = ".rcca.lock"
 CHECKPOINT_NAMES = ("last.pt", "best.pt")
+RESULT_NAMES = (*CHECKPOINT_NAMES, "metrics.json")  # what `overwrite` replaces
 # Errors that full disks and quotas raise while writing.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -54,6 +55,7 @@ def write_atomically(path: Path, data: bytes | memoryview) -> None:
 
 
 def _no_space(path: Path, needed: int, free: int) -> UserError:
+    """The one-line error for a file that does not fit on its disk."""
     return UserError(
         f"no space to write {path.name} in {path.parent}: it needs {needed:,} bytes and {free:,} are free; "
         f"free some space there, then resume (the previous {path.name}, if any, is intact)"
@@ -67,7 +69,8 @@ class RunFolderLock:
         folder: the run folder (created if needed).
         fresh: the run starts from scratch (no `resume`): it refuses a folder that already holds
             another run's checkpoints, unless `overwrite`.
-        overwrite: let a fresh run replace the checkpoints in the folder.
+        overwrite: let a fresh run replace the checkpoints in the folder: they and metrics.json are
+            removed once the folder is locked, so the old run's files never mix with the new one's.
 
     `acquire()` raises UserError, naming the folder and the way out, when another live process
     holds the folder or when a fresh run would replace checkpoints; `release()` (or process exit)
@@ -81,6 +84,7 @@ class RunFolderLock:
         self._handle = None
 
     def acquire(self) -> None:
+        """Lock the folder, or raise UserError (see the class docstring)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.folder / LOCK_NAME, "a+")
         try:
@@ -100,6 +104,9 @@ class RunFolderLock:
                 f"run folder {self.folder} already holds {' and '.join(existing)} of another run: continue it with "
                 "resume=auto, choose another hydra.run.dir, or set overwrite=true to replace them"
             )
+        if self.fresh and self.overwrite:
+            for name in RESULT_NAMES:
+                (self.folder / name).unlink(missing_ok=True)
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
@@ -107,6 +114,7 @@ class RunFolderLock:
         self._handle = handle
 
     def release(self) -> None:
+        """Free the folder (also done by the process's exit)."""
         if self._handle is not None:
             self._handle.close()  # closing drops the flock
             self._handle = None

@@ -119,14 +119,17 @@ def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
 
 def claim_run_folder(cfg: Config, run_dir: Path) -> RunFolderLock | None:
     """On rank 0: lock the run folder for this run (see `RunFolderLock`); every rank raises the same
-    UserError when it is refused."""
-    lock = RunFolderLock(run_dir, fresh=not cfg.resume, overwrite=cfg.overwrite) if is_main_process() else None
+    UserError when it is refused. `resume=auto` without a last.pt is a fresh run."""
+    fresh = not cfg.resume or (cfg.resume == "auto" and not (run_dir / "last.pt").exists())
+    lock = RunFolderLock(run_dir, fresh=fresh, overwrite=cfg.overwrite) if is_main_process() else None
     refusal = None
     if lock is not None:
         try:
             lock.acquire()
         except UserError as error:
             refusal = str(error)
+        except OSError as error:  # e.g. a folder that cannot be written: the other ranks must not wait
+            refusal = f"run folder {run_dir}: {error}"
     refusal = broadcast_object(refusal)
     if refusal is not None:
         raise UserError(refusal)

@@ -4,19 +4,24 @@ A resumed run builds everything from the config it is given, then loads the chec
 that only steer the rest of the run (LR and schedule, epochs, logging, workers, checkpoint
 frequency, devices and precision, test views, where the data lives) may differ from the
 checkpoint's: they are applied, logged and kept in the checkpoint's `config_history`. Any other
-difference (architecture, dataset and split, input size, batch sizes, seed) would make the
-continued run something else, and stops it before any work.
+difference (architecture, dataset, its lists and split, input size, batch sizes, seed) would make
+the continued run something else, and stops it before any work. (`dataset.exclude` may change: a
+resumed run can leave out videos that crash the decoder, at the cost of bit-identity.)
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
 from rcca.engine.checkpoints import read_checkpoint, run_config_of
+from rcca.engine.files import RunFolderLock
 from rcca.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -28,8 +33,7 @@ RESUMABLE = (
     "trainer.epochs", "trainer.num_workers", "trainer.data_timeout", "trainer.device", "trainer.eval_every",
     "trainer.log_every", "trainer.checkpoint_every", "trainer.progress", "trainer.amp", "trainer.channels_last",
     "trainer.compile", "trainer.cudnn_benchmark",
-    "dataset.root", "dataset.annotations", "dataset.train_list", "dataset.test_list", "dataset.backend",
-    "dataset.allow_missing", "dataset.exclude", "data.cache_dir", "backbone.pretrained",
+    "dataset.root", "dataset.backend", "dataset.exclude", "data.cache_dir", "backbone.pretrained",
 )
 # Keys about how a run starts, not what it trains: never compared on resume.
 STARTING_KEYS = ("resume", "overwrite", "init_from", "init_from_format", "ckpt")
@@ -90,11 +94,38 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> dict | None:
     return checkpoint
 
 
+def check_named_run_folder(argv: list[str]) -> None:
+    """Before Hydra writes its records (`.hydra/`, train.log) into a `hydra.run.dir` named on the command
+    line: raise the UserError the run itself would raise there (folder in use, or another run's
+    checkpoints without resume or overwrite), so that a refused run leaves that folder as it was."""
+    if {"-m", "--multirun"} & set(argv):
+        return
+    values = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(
+        [arg for arg in argv if "=" in arg and not arg.startswith("-")])}
+    run_dir = values.get("hydra.run.dir")
+    if run_dir is None or not Path(run_dir).is_dir():
+        return
+    resume, overwrite = values.get("resume"), values.get("overwrite") is True
+    fresh = not resume or (resume == "auto" and not (Path(run_dir) / "last.pt").exists())
+    lock = RunFolderLock(Path(run_dir), fresh=fresh and not overwrite, overwrite=False)  # checks, removes nothing
+    lock.acquire()
+    lock.release()
+
+
 def continue_command(overrides: list[str], run_dir: Path, world_size: int, changes: Mapping[str, str] = {}) -> str:
     """The command line that continues the run in `run_dir`: its own overrides, its folder, resume=auto,
     and `changes` ({key: value}, e.g. {"optimizer.lr": "<lower>"}) in place of the overrides of those keys."""
     replaced = {*_PLACEMENT_KEYS, *changes}
     kept = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in replaced]
-    launcher = ["torchrun", f"--nproc_per_node={world_size}"] if world_size > 1 else ["python"]
     extra = [f"{key}={value}" for key, value in changes.items()]
-    return shlex.join([*launcher, sys.argv[0] or "train.py", *kept, f"hydra.run.dir={run_dir}", "resume=auto", *extra])
+    script = sys.argv[0] if sys.argv[0].endswith("train.py") else "train.py"  # not a launcher's own script
+    return shlex.join([*launcher_command(world_size), script, *kept, f"hydra.run.dir={run_dir}", "resume=auto", *extra])
+
+
+def launcher_command(world_size: int) -> list[str]:
+    """How to start `world_size` processes as this run was: python, or torchrun with its node and process counts."""
+    if world_size == 1:
+        return ["python"]
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+    nodes = [f"--nnodes={world_size // per_node}"] if per_node < world_size else []
+    return ["torchrun", *nodes, f"--nproc_per_node={per_node}"]

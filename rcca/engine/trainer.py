@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.engine.checkpoints import rng_state, save_checkpoint, set_rng_state
-from rcca.engine.distributed import any_process, gather_lists, is_main_process, reduce_mean
+from rcca.engine.distributed import any_process, gather_lists, is_distributed, is_main_process, reduce_mean
 from rcca.engine.files import write_atomically
 from rcca.engine.evaluation import predict_videos, topk_correct, video_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
@@ -121,7 +121,9 @@ class Trainer:
         self._configured = [{key: group[key] for key in CONFIGURABLE} for group in self.optimizer.param_groups]
         self.progress = Progress()
         self.config_history: list[dict] = []  # settings changed on resume: {"step", "epoch", "changes"}
-        self._verified: dict | None = None  # last state whose forward losses were all finite
+        self._verified: dict | None = None  # last state whose losses were all finite (rank 0; {} elsewhere)
+        self._verified_step = -1  # its update count, on every rank
+        self._mark_update_boundary()
         self.stop_requested = False
         self.failed_train: dict[str, str] = {}  # undecodable training videos seen by this process: reason
 
@@ -140,6 +142,7 @@ class Trainer:
             "rng": rng_state(),
             "config": self.config,
             "config_history": self.config_history,
+            "failed_train": dict(self.failed_train),
             "classes": self.class_names,
         }
 
@@ -169,7 +172,9 @@ class Trainer:
             state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"], state.get("validated", True)
         )
         self.config_history = list(state.get("config_history", []))
+        self.failed_train = dict(state.get("failed_train", {}))
         set_rng_state(state["rng"])
+        self._mark_update_boundary()
 
     def record_config_changes(self, changes: dict[str, tuple]) -> None:
         """Note settings that this resumed run changed ({key: (checkpoint value, new value)}), kept in checkpoints."""
@@ -191,6 +196,9 @@ class Trainer:
             while True:
                 if not self.progress.validated:  # also an epoch whose validation a kill interrupted
                     metrics = self._end_epoch() or metrics
+                    if any_process(self.stop_requested, self.device):  # a signal during validation
+                        self._mark_update_boundary()
+                        self._save_and_exit()
                 if self.progress.epoch >= self.cfg.epochs:
                     break
                 self._train_epoch()
@@ -253,8 +261,10 @@ class Trainer:
 
     def _remember_verified_state(self) -> None:
         """Just before an optimizer step: every forward since the last update was finite at these weights,
-        so this update boundary is a state from which training can go on (with a lower LR if it diverges)."""
-        self._verified = _detached_copy(self._boundary_state())
+        so this update boundary is a state from which training can go on (with a lower LR if it diverges).
+        Only rank 0, which writes checkpoints, keeps the copy."""
+        self._verified = _detached_copy(self._boundary_state()) if is_main_process() else {}
+        self._verified_step = self.progress.step
 
     def _save_and_exit(self) -> NoReturn:
         """Save last.pt as of the last complete update (a resumed run repeats nothing and skips nothing); exit 143."""
@@ -273,8 +283,10 @@ class Trainer:
             )
         if is_main_process():
             save_checkpoint(self._verified, self.run_dir / "last.pt")
+        if is_distributed():
+            torch.distributed.barrier()  # no rank exits (and gets the job killed) before the file is written
         return TrainingDiverged(
-            f"{where}; saved the last state with finite losses (update {self._verified['step']}) as "
+            f"{where}; saved the last state with finite losses (update {self._verified_step}) as "
             f"{self.run_dir / 'last.pt'}; continue from it with a lower LR: {self.continue_command({'optimizer.lr': '<lower>'})}"
         )
 
@@ -400,6 +412,8 @@ class Trainer:
             self.model, self.test_loader, self.device,
             progress=self.cfg.progress and sys.stderr.isatty() and is_main_process(), autocast_dtype=self.autocast_dtype,
         )
+        if not torch.isfinite(scores).all():  # the last update diverged: its weights must not become best.pt
+            raise self._diverged(float("nan"))
         metrics = video_metrics(scores, labels, self.class_names)
         metrics["failed_videos"] = failed
         metrics["train_failed_videos"] = dict(sorted(gather_lists(sorted(self.failed_train.items()))))
@@ -433,7 +447,7 @@ def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: i
     return effective_batch_size // per_round
 
 
-def _detached_copy(value):
+def _detached_copy(value: object) -> object:
     """A copy of nested dicts, lists and tuples whose tensors are cloned (they change in place during training)."""
     if isinstance(value, torch.Tensor):
         return value.detach().clone()

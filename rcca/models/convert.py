@@ -207,6 +207,11 @@ def check_computation(source: Computation, model: nn.Module, where: str, kind: s
             "so its weights would compute something else: set init_from_format=tsn to load them into TSM on purpose"
         )
     if kind == "tsn":
+        if source.shift_place != "none":
+            raise ValueError(
+                f"{where} has temporal-shift tensors ({source.shift_place} placement), so it is a TSM checkpoint: "
+                "set init_from_format=tsm"
+            )
         source = Computation(nonlocal_subsample=source.nonlocal_subsample)
     overrides = source.overrides_to_match(built)
     if overrides:
