@@ -83,6 +83,35 @@ def _hold_lock(folder: str, ready, release) -> None:
     release.wait(60)
 
 
+def _hold_lock_with_a_forked_child(folder: str, child_pid, ready) -> None:
+    """Lock the folder, then fork a child that outlives this process (as DataLoader workers do after a SIGKILL)."""
+    lock = RunFolderLock(Path(folder), fresh=True, overwrite=False)
+    lock.acquire()
+    child = os.fork()
+    if child == 0:
+        time.sleep(60)
+        os._exit(0)
+    child_pid.value = child
+    ready.set()
+    time.sleep(60)
+
+
+def test_a_killed_runs_forked_children_do_not_keep_its_folder_locked(tmp_path):
+    context = multiprocessing.get_context("spawn")
+    ready, child_pid = context.Event(), context.Value("i", 0)
+    holder = context.Process(target=_hold_lock_with_a_forked_child, args=(str(tmp_path / "run"), child_pid, ready))
+    holder.start()
+    try:
+        assert ready.wait(60)
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.join()
+        os.kill(child_pid.value, 0)  # the child still lives
+        with RunFolderLock(tmp_path / "run", fresh=True, overwrite=False):
+            pass
+    finally:
+        os.kill(child_pid.value, signal.SIGKILL)
+
+
 def test_a_folder_in_use_is_refused_and_a_dead_holder_is_not_in_the_way(tmp_path, synthetic_cache):
     context = multiprocessing.get_context("spawn")
     ready, release = context.Event(), context.Event()

@@ -4,9 +4,10 @@ Every file a run writes for later use (checkpoints, metrics) goes through `write
 a temporary file in the same folder, flushed to disk, then renamed over the target. A kill, a
 full disk or a quota therefore never leaves a partial file, and never touches the previous one.
 
-`RunFolderLock` keeps two processes from training into one folder at once. It is an advisory
-`flock` on `<run folder>/.rcca.lock`, which the kernel drops when its process dies, so a lock left
-by a killed run is never in the way.
+`RunFolderLock` keeps two processes from training into one folder at once. It is a POSIX record
+lock (`fcntl.lockf`) on `<run folder>/.rcca.lock`. Such a lock belongs to its process alone (the
+DataLoader workers forked from it do not hold it) and the kernel drops it when that process dies,
+so a lock left by a killed run is never in the way, even while its orphaned workers wind down.
 """
 
 from __future__ import annotations
@@ -88,8 +89,11 @@ class RunFolderLock:
         self.folder.mkdir(parents=True, exist_ok=True)
         handle = open(self.folder / LOCK_NAME, "a+")
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as error:
+            if error.errno not in (errno.EACCES, errno.EAGAIN):
+                handle.close()
+                raise
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
@@ -116,7 +120,7 @@ class RunFolderLock:
     def release(self) -> None:
         """Free the folder (also done by the process's exit)."""
         if self._handle is not None:
-            self._handle.close()  # closing drops the flock
+            self._handle.close()  # closing drops the lock
             self._handle = None
 
     def __enter__(self) -> RunFolderLock:

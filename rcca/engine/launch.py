@@ -278,7 +278,7 @@ def checkpoint_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> Dic
     return merged
 
 
-def model_differences(requested, saved, key: str) -> list[str]:
+def model_differences(requested: object, saved: object, key: str) -> list[str]:
     """"key=requested (checkpoint: saved)" for each value under `key` that differs."""
     if not isinstance(requested, DictConfig):
         return [] if requested == saved else [f"{key}={requested} (checkpoint: {saved})"]

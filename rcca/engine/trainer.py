@@ -227,14 +227,12 @@ class Trainer:
         while writing best.pt validates that epoch again when resumed (with the same result).
         """
         epoch = self.progress.epoch
-        metrics: dict = {}
-        if epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs:
-            metrics = self.validate()
-            if metrics["top1"] > self.progress.best_top1:
-                self.progress.best_top1 = metrics["top1"]
-                self.progress.validated = True
-                self.save("best.pt")
+        due = epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
+        metrics = self.validate() if due else {}
         self.progress.validated = True
+        if metrics and metrics["top1"] > self.progress.best_top1:
+            self.progress.best_top1 = metrics["top1"]
+            self.save("best.pt")
         self.save("last.pt")
         return metrics
 
