@@ -17,7 +17,7 @@ from rcca.engine.launch import test, user_errors
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="config")
+@hydra.main(version_base=None, config_path="rcca/configs", config_name="config")
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     with user_errors():

@@ -17,7 +17,7 @@ from rcca.engine.resuming import check_named_run_folder
 register_configs()
 
 
-@hydra.main(version_base=None, config_path="configs", config_name="config")
+@hydra.main(version_base=None, config_path="rcca/configs", config_name="config")
 def main(cfg: DictConfig) -> float:
     with user_errors():
         hydra_cfg = HydraConfig.get()

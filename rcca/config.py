@@ -1,6 +1,6 @@
 """Typed configuration schemas, registered in Hydra's ConfigStore, with the rule of every key.
 
-`configs/config.yaml` composes these with the YAML options of each group. Every key is typed,
+`rcca/configs/config.yaml` composes these with the YAML options of each group. Every key is typed,
 defaulted and commented once; its field metadata holds the rule its values follow (`at_least(1)`,
 `one_of("tsm", "mfnet")`). Bad input fails at start with one line that names the key:
   * `check_overrides` (train.py and test.py, before Hydra parses the command line): keys the schema
@@ -32,7 +32,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from rcca.errors import UserError
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: composes from any folder
 RULE = "rule"  # field metadata key of a key's Rule
 CHOICES = "choices"  # field metadata key of the allowed values of a `one_of` key
 OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir")  # Hydra creates these before the run starts

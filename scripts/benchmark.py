@@ -33,23 +33,20 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a file from any folder: make `rcca` importable
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+import numpy as np
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
 
-from rcca.data.annotations import VideoRecord  # noqa: E402
-from rcca.data.build import ClipSampling, build_loader  # noqa: E402
-from rcca.data.datasets import VideoDataset  # noqa: E402
-from rcca.data.decoding import read_frames_decord  # noqa: E402
-from rcca.data.synthetic import write_video  # noqa: E402
-from rcca.data.transforms import build_train_transform  # noqa: E402
-from rcca.models.attention import RCCA3D  # noqa: E402
-from rcca.models.nonlocal_block import NonLocal3D  # noqa: E402
+from rcca.data.annotations import VideoRecord
+from rcca.data.build import ClipSampling, build_loader
+from rcca.data.datasets import VideoDataset
+from rcca.data.decoding import read_frames_decord
+from rcca.data.synthetic import write_video
+from rcca.data.transforms import build_train_transform
+from rcca.models.attention import RCCA3D
+from rcca.models.nonlocal_block import NonLocal3D
 
 MIB = 2**20
 

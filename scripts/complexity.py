@@ -28,18 +28,15 @@ import sys
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # run as a file from any folder: make `rcca` importable
 warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised when fvcore is imported
 
-import torch  # noqa: E402
-from omegaconf import OmegaConf  # noqa: E402
+import torch
+from omegaconf import OmegaConf
 
-from rcca.config import compose_config  # noqa: E402
-from rcca.engine.launch import user_errors  # noqa: E402
-from rcca.models.build import build_model  # noqa: E402
-from rcca.models.complexity import complexity_report, format_report  # noqa: E402
+from rcca.config import compose_config
+from rcca.engine.launch import user_errors
+from rcca.models.build import build_model
+from rcca.models.complexity import complexity_report, format_report
 
 PAPER_SIZE = 224
 

@@ -25,18 +25,15 @@ import json
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))  # run as a plain script from anywhere: make `rcca` importable
 
-from rcca.config import DatasetConfig, compose_config  # noqa: E402
-from rcca.data.build import (  # noqa: E402
+from rcca.config import DatasetConfig, compose_config
+from rcca.data.build import (
     EXCLUDE_HEADER, exclude_videos, missing_videos, read_annotations, read_exclude_list, write_exclude_list,
 )
-from rcca.data.checking import scan_videos  # noqa: E402
-from rcca.data.decoding import BACKENDS, READERS  # noqa: E402
-from rcca.engine.launch import check_required, user_errors  # noqa: E402
-from rcca.errors import UserError  # noqa: E402
+from rcca.data.checking import scan_videos
+from rcca.data.decoding import BACKENDS, READERS
+from rcca.engine.launch import check_required, user_errors
+from rcca.errors import UserError
 
 SHOWN = 5  # paths listed for each kind of problem
 

@@ -9,7 +9,6 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import submitit
 import torch
 import torch.distributed as dist
 
@@ -37,6 +36,8 @@ def cluster_environment() -> dict[str, str]:
             "MASTER_PORT": rendezvous_port(f"{env['SLURM_JOB_ID']}.{env.get('SLURM_STEP_ID', '0')}"),
         }
     if env.get("SUBMITIT_EXECUTOR") == "local":
+        import submitit  # only under submitit's local executor, which installed it
+
         job = submitit.JobEnvironment()
         if job.num_tasks > 1:
             return {
