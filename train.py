@@ -10,23 +10,26 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rcca.config import check_overrides, register_configs
-from rcca.engine.launch import train, user_errors
+from rcca.config import check_overrides, check_quickstart_dataset, register_configs
+from rcca.engine.cli import discard_run_folder_on_failure, exit_codes
 from rcca.engine.resuming import check_named_run_folder
+from rcca.engine.train_pipeline import train
 
 register_configs()
 
 
 @hydra.main(version_base=None, config_path="rcca/configs", config_name="config")
 def main(cfg: DictConfig) -> float:
-    with user_errors():
-        hydra_cfg = HydraConfig.get()
-        metrics = train(cfg, Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task))
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    with exit_codes(), discard_run_folder_on_failure(run_dir):
+        metrics = train(cfg, run_dir, list(hydra_cfg.overrides.task))
     return metrics.get("top1", 0.0)
 
 
 if __name__ == "__main__":
-    with user_errors():
+    with exit_codes():
         check_overrides(sys.argv[1:])  # before Hydra parses them: unknown keys, unwritable output folders
+        check_quickstart_dataset(sys.argv[1:])  # a real dataset needs a named experiment
         check_named_run_folder(sys.argv[1:])  # before Hydra writes its records into a folder another run holds
     main()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import re
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
@@ -31,18 +30,16 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rcca.errors import UserError
+from rcca.models.positions import MFNET_STAGE_BLOCKS, POSITION, TSM_STAGE_BLOCKS, valid_positions
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: composes from any folder
 RULE = "rule"  # field metadata key of a key's Rule
 CHOICES = "choices"  # field metadata key of the allowed values of a `one_of` key
 OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir")  # Hydra creates these before the run starts
-# Residual blocks of stages conv2..conv5, for module.positions (as rcca.models.tsm.LAYERS and mfnet.STAGE_UNITS)
-TSM_STAGE_BLOCKS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 6, 3)}
-MFNET_STAGE_BLOCKS = (3, 4, 6, 3)
 SYNTHETIC_CLASSES = 8  # classes of the synthetic set (rcca.data.synthetic.CLASSES)
 INIT_FORMATS = ("rcca", "tsm", "tsn", "mfnet")  # init_from_format: this framework's, or official TSM, TSN, MF-Net files
+QUICKSTART_DATASETS = ("synthetic",)  # datasets the default quick-start may train on
 DATASETS = ("synthetic", "video_list", "ucf101", "hmdb51", "kinetics400", "mini_kinetics200")  # dataset.name
-POSITION = re.compile(r"conv\d+_\d+")  # a block name in module.positions: convN_i, the i-th block of stage N
 
 
 @dataclass(frozen=True)
@@ -146,6 +143,7 @@ class DatasetConfig:
     annotations: Optional[str] = field(default=None, metadata=path())  # split folder or CSV folder of the official dataset
     train_list: Optional[str] = field(default=None, metadata=path())  # video_list: training list ("relative/path.mp4 label" lines)
     test_list: Optional[str] = field(default=None, metadata=path())  # video_list: test list file
+    class_names: Optional[str] = field(default=None, metadata=path())  # video_list: file of class names, one per line in label order
     num_classes: int = field(default=MISSING, metadata=at_least(2))  # number of classes (checked against the annotations)
     split: int = field(default=1, metadata=one_of(1, 2, 3))  # official split (UCF101, HMDB51)
     layout: str = field(default="flat", metadata=one_of("flat", "per_label"))  # Kinetics clips: all in root or root/<label>/<clip>
@@ -287,6 +285,34 @@ def check_overrides(argv: list[str]) -> None:
             raise UserError(f"{override.input_line}: {key} cannot be deleted; set it to another value instead")
 
 
+def check_quickstart_dataset(argv: list[str]) -> None:
+    """train.py: refuse a real dataset under the quick-start that is the experiment only by default.
+
+    The quick-start (`experiment=quickstart`, the default) trains a narrow ResNet-18 on 64-pixel crops for
+    8 epochs: right for the synthetic set, silently wrong for UCF101. Naming any experiment on the command
+    line (`experiment=paper_tsm`, `experiment=none`, even `experiment=quickstart`) makes the choice explicit.
+    """
+    known, _ = get_args_parser().parse_known_args(argv)
+    try:
+        overrides = OverridesParser.create().parse_overrides(known.overrides)
+    except OverrideParseException:
+        return  # Hydra reports it
+    if any(override.key_or_group == "experiment" for override in overrides):
+        return
+    for override in overrides:
+        if override.key_or_group != "dataset" or override.is_delete():
+            continue
+        choices = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        real = [choice for choice in choices if choice not in QUICKSTART_DATASETS]
+        if real:
+            raise UserError(
+                f"{override.input_line}: the default experiment is the CPU quick-start (narrow ResNet-18, 64-pixel "
+                f"crops, 8 epochs), made for the synthetic set; name a preset: experiment=paper_tsm (or paper_mfnet) "
+                f"for the paper's recipe, experiment=none to choose every group yourself, or experiment=quickstart "
+                f"to keep the quick-start on dataset={real[0]}"
+            )
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check a composed config before any work: every key known, every value allowed by its rule.
 
@@ -350,8 +376,7 @@ def _check_positions(backbone: DictConfig, module: DictConfig) -> None:
     positions = list(module.positions)
     if not positions:
         raise UserError(f"module.positions is empty for module.name={module.name}; list blocks such as [conv3_3]")
-    blocks = TSM_STAGE_BLOCKS[backbone.depth] if backbone.name == "tsm" else MFNET_STAGE_BLOCKS
-    valid = [f"conv{stage + 2}_{block + 1}" for stage, count in enumerate(blocks) for block in range(count)]
+    valid = valid_positions(TSM_STAGE_BLOCKS[backbone.depth] if backbone.name == "tsm" else MFNET_STAGE_BLOCKS)
     for position in positions:
         if positions.count(position) > 1:
             raise UserError(f"module.positions={_show(positions)}: {position} is listed twice")

@@ -34,7 +34,7 @@ import torch
 from omegaconf import OmegaConf
 
 from rcca.config import compose_config
-from rcca.engine.launch import user_errors
+from rcca.engine.cli import exit_codes
 from rcca.models.build import build_model
 from rcca.models.complexity import complexity_report, format_report
 
@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py")
     parser.add_argument("--size", type=int, default=PAPER_SIZE, help="input height and width (default 224)")
     args = parser.parse_intermixed_args(argv)
-    with user_errors():
+    with exit_codes():
         cfg = compose_config(args.overrides)
         backbone = dataclasses.replace(OmegaConf.to_object(cfg.backbone), pretrained=None)
         model = build_model(backbone, OmegaConf.to_object(cfg.module), cfg.dataset.num_classes)

@@ -3,7 +3,9 @@
 The overrides are those of train.py, e.g. `experiment=none dataset=ucf101 dataset.root=...
 dataset.annotations=...` (`experiment=none` drops the quick-start preset; without overrides the
 synthetic set is inspected, generated if needed). The script parses the annotations with the
-checks train.py makes and reports the class count, the train/test video counts and the listed
+checks train.py makes and reports the classes (count, the first names with their labels and
+video counts, and any class without training videos; for dataset=video_list the names come from
+`dataset.class_names`, else they are the label numbers), the train/test video counts and the listed
 videos that are missing; with `--decode` it also reads every present video (its first and last
 frame, with the configured `dataset.backend`, in a child process so that a video that crashes or
 hangs the decoder is reported rather than fatal) and reports those that fail, with each reader's
@@ -11,7 +13,7 @@ error (backend decord falls back to PyAV). `--write-exclude FILE` writes their p
 `dataset.exclude` if set, for `dataset.exclude=FILE`; FILE must be new or an exclude list (it is
 refused, before any decoding, if it is an input of the dataset or another kind of file) and is
 replaced whole. The last line printed is one JSON object: {"dataset", "root", "num_classes",
-"train", "test", "missing"}, plus "undecodable" with --decode.
+"classes" (the names, index = label), "train", "test", "missing"}, plus "undecodable" with --decode.
 
 Exit status: 0 when every listed video is present (and, with --decode, decodes); 1 when a video
 is missing or undecodable; 2 on a user error (missing root, bad annotations, bad override, a
@@ -23,34 +25,55 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
-
 from rcca.config import DatasetConfig, compose_config
+from rcca.data.annotations import Annotations
 from rcca.data.build import (
-    EXCLUDE_HEADER, exclude_videos, missing_videos, read_annotations, read_exclude_list, write_exclude_list,
+    EXCLUDE_HEADER,
+    exclude_videos,
+    missing_videos,
+    read_annotations,
+    read_exclude_list,
+    write_exclude_list,
 )
 from rcca.data.checking import scan_videos
 from rcca.data.decoding import BACKENDS, READERS
-from rcca.engine.launch import check_required, user_errors
+from rcca.engine.cli import exit_codes
+from rcca.engine.runtime import check_required
 from rcca.errors import UserError
 
 SHOWN = 5  # paths listed for each kind of problem
 
 
-def show(title: str, lines: list[str]) -> None:
-    """Print a count line and the first few of `lines`, indented."""
-    print(f"{title}: {len(lines)}")
+def show(title: str, lines: list[str], note: str = "") -> None:
+    """Print a count line (with `note` after the count) and the first few of `lines`, indented."""
+    print(f"{title}: {len(lines)}{note}")
     for line in lines[:SHOWN]:
         print(f"  {line}")
     if len(lines) > SHOWN:
         print(f"  ... and {len(lines) - SHOWN} more")
 
 
+def show_classes(dataset: DatasetConfig, annotations: Annotations) -> None:
+    """Print the class count, the first classes as `label name: videos`, and the classes without training videos."""
+    note = ""
+    if dataset.name == "video_list" and not dataset.class_names:
+        note = " (named by label; set dataset.class_names to a file of names, one per line in label order)"
+    counts = {split: Counter(r.label for r in getattr(annotations, split)) for split in ("train", "test")}
+    named = [name if name == str(label) else f"{label} {name}" for label, name in enumerate(annotations.classes)]
+    videos = [f"{name}: {counts['train'][i]} train, {counts['test'][i]} test" for i, name in enumerate(named)]
+    show("classes", videos, note)
+    empty = [name for i, name in enumerate(named) if not counts["train"][i]]
+    if empty:
+        show("classes without training videos", empty)
+
+
 def check_exclude_target(path: Path, dataset: DatasetConfig, videos: set[str]) -> None:
     """Raise UserError unless `path` may be (over)written as the exclude list of this dataset.
 
-    Refused: the list files, anything in `dataset.annotations`, a folder (the videos' root
+    Refused: the list files, the class-names file, anything in `dataset.annotations`, a folder (the videos' root
     included), a file in a folder that does not exist, and an existing file that is not an
     exclude list (so no video is ever overwritten; a new list may sit beside the videos). An exclude list is `dataset.exclude`, an empty file, a file starting with
     `EXCLUDE_HEADER`, or one whose entries all name videos of the dataset (`videos`).
@@ -59,6 +82,7 @@ def check_exclude_target(path: Path, dataset: DatasetConfig, videos: set[str]) -
     inputs = [  # (key, value, whether it is a folder whose contents are inputs too)
         ("dataset.train_list", dataset.train_list, False),
         ("dataset.test_list", dataset.test_list, False),
+        ("dataset.class_names", dataset.class_names, False),
         ("dataset.annotations", dataset.annotations, True),
     ]
     for key, value, folder in inputs:
@@ -102,13 +126,14 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
         check_exclude_target(exclude_file, cfg.dataset, videos)
     missing = {split: missing_videos(root, records) for split, records in splits.items()}
     print(f"dataset: {cfg.dataset.name} (root {root})")
-    print(f"classes: {len(annotations.classes)}")
+    show_classes(cfg.dataset, annotations)
     print(f"videos: {len(annotations.train)} train, {len(annotations.test)} test")
     show(f"missing (train {len(missing['train'])}, test {len(missing['test'])})", missing["train"] + missing["test"])
     summary = {
         "dataset": cfg.dataset.name,
         "root": str(root),
         "num_classes": len(annotations.classes),
+        "classes": list(annotations.classes),
         "train": len(annotations.train),
         "test": len(annotations.test),
         "missing": len(missing["train"]) + len(missing["test"]),
@@ -140,7 +165,7 @@ def main() -> None:
     parser.add_argument("--write-exclude", type=Path, metavar="FILE", help="with --decode: write the failing paths, for dataset.exclude")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")
     args = parser.parse_intermixed_args()
-    with user_errors():
+    with exit_codes():
         if args.write_exclude and not args.decode:
             raise UserError("--write-exclude needs --decode")
         summary = report(args.overrides, args.decode, args.timeout, args.write_exclude)

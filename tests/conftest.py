@@ -21,16 +21,19 @@ TINY = [
 ]
 
 
-def run_entry(script: str, *overrides: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
-    """Run train.py / test.py / a script in a subprocess from the repository root.
+def run_entry(
+    script: str, *overrides: str, timeout: float = 300, check: bool = True, cwd: Path = REPO, env: dict | None = None
+) -> subprocess.CompletedProcess:
+    """Run train.py / test.py / a script in a subprocess, from the repository root unless `cwd` is given
+    (rcca itself is imported as installed: requirements.txt installs it editable).
 
     Runs with no DataLoader workers unless the overrides set trainer.num_workers.
     """
     if not any(o.startswith("trainer.num_workers=") for o in overrides) and script == "train.py":
         overrides = (*overrides, "trainer.num_workers=0")
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
     result = subprocess.run(
-        [sys.executable, str(REPO / script), *overrides], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
     )
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -20,6 +20,7 @@ from rcca.data.annotations import (
     load_mini_kinetics200,
     load_ucf101,
     load_video_list,
+    read_class_names,
 )
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -343,6 +344,85 @@ def test_video_list_errors(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match="dataset.annotations") as info:
         load_video_list(tmp_path / "gone.txt", tmp_path / "ok.txt")
     assert str(tmp_path / "gone.txt") in str(info.value)
+
+
+# --------------------------------------------------------------------------- class names
+
+
+@pytest.fixture
+def named_lists(tmp_path: Path) -> tuple[Path, Path]:
+    """A train and a test list using labels 0-2."""
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 2\n")
+    (tmp_path / "test.txt").write_text("c.mp4 1\n")
+    return tmp_path / "train.txt", tmp_path / "test.txt"
+
+
+def test_class_names_file(tmp_path: Path, named_lists: tuple[Path, Path]) -> None:
+    names = tmp_path / "classes.txt"
+    # BOM, CRLF, comments and blank lines anywhere (they take no label), inner spaces and '#' kept.
+    lines = ["\ufeff# label map of my dataset", "playing guitar", "", "  # group 2", "  C# practice ", "j\u00fcmp", ""]
+    names.write_bytes("\r\n".join(lines).encode())
+    assert read_class_names(names) == ["playing guitar", "C# practice", "j\u00fcmp"]
+    assert read_class_names(str(names), num_classes=3) == ["playing guitar", "C# practice", "j\u00fcmp"]
+    (tmp_path / "plain.txt").write_text("run\njump\nswim")  # no final newline
+    assert read_class_names(tmp_path / "plain.txt") == ["run", "jump", "swim"]
+
+
+def test_video_list_classes_are_the_file_names(tmp_path: Path, named_lists: tuple[Path, Path]) -> None:
+    (tmp_path / "classes.txt").write_text("run\njump\nswim\n")
+    ann = load_video_list(*named_lists, num_classes=3, class_names_file=tmp_path / "classes.txt")
+    assert ann.classes == ["run", "jump", "swim"]
+    assert [ann.classes[r.label] for r in ann.train + ann.test] == ["run", "swim", "jump"]
+    # Without num_classes the file gives the count; through the dispatcher, with a str path.
+    kwargs = dict(train_list=named_lists[0], test_list=named_lists[1], class_names_file=str(tmp_path / "classes.txt"))
+    assert load_annotations("video_list", **kwargs) == ann
+    # Names for classes no video uses are fine: they are classes of the model all the same.
+    (tmp_path / "five.txt").write_text("run\njump\nswim\nclimb\nfall\n")
+    assert load_video_list(*named_lists, class_names_file=tmp_path / "five.txt").classes[3:] == ["climb", "fall"]
+
+
+@pytest.mark.parametrize(
+    ("content", "num_classes", "pattern"),
+    [
+        # A duplicate names both lines (and the label taken first); comments and blanks count as lines.
+        ("run\n# c\njump\n\nrun\n", None, r"classes\.txt:5: class name 'run' repeats line 1 \(label 0\)"),
+        ("", None, r"classes\.txt:1: no class names in this file"),
+        ("# only a comment\n\n   \n", None, r"classes\.txt:1: no class names in this file"),
+        # More names than num_classes: the first extra name's line; fewer: the last name's line.
+        ("run\njump\n\nswim\nclimb\n", 3, r"classes\.txt:5: 4 class names but num_classes=3; .*'climb' = label 3"),
+        ("run\n\njump\n# end\n", 3, r"classes\.txt:3: 2 class names but num_classes=3; .*\), label 2 has no name"),
+        ("run\n", 4, r"classes\.txt:1: 1 class names but num_classes=4; .*'run'\), labels 1-3 have no name"),
+        (b"run\nsk\xe9\n", None, r"classes\.txt:2: not UTF-8 text"),
+    ],
+    ids=["duplicate", "empty", "comments-only", "too-many", "one-too-few", "too-few", "not-utf8"],
+)
+def test_class_names_errors(tmp_path: Path, content: str | bytes, num_classes: int | None, pattern: str) -> None:
+    path = tmp_path / "classes.txt"
+    path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(AnnotationError, match=pattern) as info:
+        read_class_names(path, num_classes)
+    assert str(info.value).startswith(f"{path}:")  # the full path, then the line
+    assert "\n" not in str(info.value)
+
+
+def test_video_list_class_names_errors(tmp_path: Path, named_lists: tuple[Path, Path]) -> None:
+    names = tmp_path / "classes.txt"
+    names.write_text("# two names\nrun\njump\n\n")
+    # A label beyond the names: the list's file and line, and where the names end.
+    pattern = r"train\.txt:2: label 2 has no class name: .*classes\.txt names labels 0-1 only"
+    pattern += r" \(2 names, the last on line 3\)"
+    with pytest.raises(AnnotationError, match=pattern):
+        load_video_list(*named_lists, class_names_file=names)
+    # num_classes disagreeing with the file is reported by the names file.
+    with pytest.raises(AnnotationError, match=r"classes\.txt:3: 2 class names but num_classes=3"):
+        load_video_list(*named_lists, num_classes=3, class_names_file=names)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(AnnotationError, match=r"empty\.txt:1: no class names"):
+        load_video_list(*named_lists, class_names_file=tmp_path / "empty.txt")
+    with pytest.raises(AnnotationError, match="not both"):
+        load_video_list(*named_lists, class_names=["a", "b", "c"], class_names_file=names)
+    with pytest.raises(AnnotationError, match=r"gone\.txt: class-names file not found; set `dataset.class_names`"):
+        load_video_list(*named_lists, class_names_file=tmp_path / "gone.txt")
 
 
 # --------------------------------------------------------------------------- dispatch

@@ -120,7 +120,7 @@ def test_every_module_parameter_learns(module_cfg: ModuleConfig, context_type: t
     model = build_model(SMALL_TSM, module_cfg, num_classes=5)
     contexts = [m for m in model.modules() if isinstance(m, context_type)]
     assert len(contexts) == 2
-    optimizer = build_optimizer(model, OptimizerConfig(lr=0.1), TSMResNet.classifier_name)
+    optimizer = build_optimizer(model, OptimizerConfig(lr=0.1))
     grouped = [id(p) for group in optimizer.param_groups for p in group["params"]]
     assert len(grouped) == len(set(grouped)) == len(list(model.parameters()))
     context_params = {name: p for i, m in enumerate(contexts) for name, p in m.named_parameters(prefix=str(i))}

@@ -31,7 +31,7 @@ from rcca.data.decoding import DecodeError, read_frames
 from rcca.data.synthetic import SyntheticSpec, render_video, write_video
 from rcca.data.transforms import build_test_transform, build_train_transform
 from rcca.engine.evaluation import predict_videos
-from rcca.errors import UserError, data_loading_failure
+from rcca.errors import UserError
 from rcca.models.tsm import TSMResNet
 
 T = TypeVar("T")
@@ -273,18 +273,6 @@ def test_root_that_is_a_file_is_a_one_line_error(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- how failures are reported
-
-
-def test_only_dead_or_hung_workers_get_the_bad_video_advice() -> None:
-    died = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Segmentation fault. ")
-    failure = data_loading_failure(died, "in epoch 3", "continue with dataset.exclude=<file> resume=auto")
-    assert isinstance(failure, UserError)
-    assert str(failure).startswith("data loading failed in epoch 3 (DataLoader worker (pid 4242) is killed by signal")
-    assert "inspect_dataset.py --decode --write-exclude" in str(failure)
-    assert data_loading_failure(RuntimeError("DataLoader timed out after 600 seconds"), "x", "y") is not None
-    # A bug inside a worker (here a collate error) must surface as itself, not as advice about videos.
-    bug = RuntimeError("Caught RuntimeError in DataLoader worker process 0.\nOriginal Traceback ...\nstack expects equal size")
-    assert data_loading_failure(bug, "in epoch 1", "y") is None
 
 
 def test_training_on_undecodable_videos_is_a_one_line_error(tmp_path: Path) -> None:

@@ -39,11 +39,55 @@ def test_train_writes_outputs_and_test_reads_them(tmp_path, synthetic_cache):
     # test.py needs only the checkpoint: the model config comes from it.
     test_dir = tmp_path / "test"
     result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "test.num_crops=3", "experiment=none")
-    assert "1 clips x 3 crops" in result.stdout
+    assert "1 clip x 3 crops" in result.stdout
     tested = json.loads((test_dir / "metrics.json").read_text())
     assert tested["num_videos"] == 16 and tested["num_crops"] == 3
     rows = (test_dir / "predictions.csv").read_text().splitlines()
     assert rows[0] == "video,label,prediction,score" and len(rows) == 17
+
+    # A machine that holds only the test videos evaluates; results go beside the checkpoint's run.
+    videos = next(path for path in synthetic_cache.glob("synthetic/*") if (path / "test.txt").is_file())
+    test_only = tmp_path / "test_only"
+    test_only.mkdir()
+    for name in ("train.txt", "test.txt"):
+        (test_only / name).write_text((videos / name).read_text())
+    for line in (videos / "test.txt").read_text().splitlines():
+        video = line.split()[0]
+        (test_only / video).parent.mkdir(parents=True, exist_ok=True)
+        (test_only / video).symlink_to(videos / video)
+    assert not (test_only / (videos / "train.txt").read_text().split()[0]).exists()
+    result = run_entry(
+        "test.py", f"ckpt={run_dir / 'best.pt'}", "dataset=video_list", f"dataset.root={test_only}",
+        f"dataset.train_list={test_only / 'train.txt'}", f"dataset.test_list={test_only / 'test.txt'}",
+        "dataset.num_classes=8",
+    )
+    (folder,) = (run_dir / "test").iterdir()
+    assert folder.name.startswith("best-") and f"results in {folder}" in result.stdout
+    assert json.loads((folder / "metrics.json").read_text())["num_videos"] == 16
+    assert (folder / "predictions.csv").is_file() and (folder / "test.log").is_file()
+
+
+def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path):
+    """Hydra's own outputs/<date>/<time> folder goes when the run stops at start; a named folder stays."""
+    result = run_entry("train.py", "trainer.eval_every=0", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and "trainer.eval_every=0" in result.stderr
+    assert not list(tmp_path.glob("outputs/*/*")), "the failed run's folder was left behind"
+    named = tmp_path / "named"
+    result = run_entry("train.py", "trainer.eval_every=0", f"hydra.run.dir={named}", cwd=tmp_path, check=False)
+    assert result.returncode == 2 and (named / ".hydra").is_dir()
+
+
+def test_sweep_job_folders_carry_their_overrides(tmp_path, synthetic_cache):
+    sweep = tmp_path / "sweep"
+    result = run_entry(
+        "train.py", "-m", *TINY, "trainer.epochs=1", f"data.cache_dir={synthetic_cache}", f"hydra.sweep.dir={sweep}",
+        "seed=3", "trainer.num_workers=0",
+    )
+    assert result.returncode == 0
+    (job,) = [path for path in sweep.iterdir() if path.is_dir() and not path.name.startswith(".")]
+    assert job.name.startswith("0_") and "seed=3" in job.name and "trainer.epochs=1" in job.name
+    assert "cache_dir" not in job.name  # paths are left out of job names
+    assert (job / "metrics.json").is_file()
 
 
 def test_user_errors_are_one_line(tmp_path):

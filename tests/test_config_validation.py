@@ -15,7 +15,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import run_entry
 from rcca.config import (
-    CHOICES, MFNET_STAGE_BLOCKS, RULE, SYNTHETIC_CLASSES, TSM_STAGE_BLOCKS, Config, check_overrides, compose_config,
+    CHOICES, RULE, SYNTHETIC_CLASSES, Config, check_overrides, compose_config,
     validate_config,
 )
 from rcca.errors import UserError
@@ -147,7 +147,6 @@ def test_choices_match_the_code_that_uses_them():
     from rcca.models.attention import STRUCTURES
     from rcca.models.build import BACKBONES, MODULES
     from rcca.models.convert import KINDS
-    from rcca.models.mfnet import STAGE_UNITS
     from rcca.models.tsm import LAYERS, SHIFT_PLACES
 
     choices = {key: set(entry.metadata[CHOICES]) for key, _, entry in schema_fields() if CHOICES in entry.metadata}
@@ -164,8 +163,6 @@ def test_choices_match_the_code_that_uses_them():
     assert choices["test.num_crops"] == set(MULTI_VIEW_CROPS)
     assert choices["init_from_format"] == set(KINDS)
     assert choices["backbone.shift_place"] == set(SHIFT_PLACES)
-    assert TSM_STAGE_BLOCKS == {depth: tuple(blocks) for depth, (_, blocks) in LAYERS.items()}
-    assert MFNET_STAGE_BLOCKS == tuple(STAGE_UNITS.values())
     assert SYNTHETIC_CLASSES == len(CLASSES)
 
 

@@ -18,9 +18,9 @@ from rcca.models.convert import (
     load_pretrained,
 )
 from rcca.models.insertion import insert_context_modules
-from rcca.models.mfnet import MFNet3D, unit_out_channels
+from rcca.models.mfnet import MFNet3D
 from rcca.models.nonlocal_block import NonLocal3D
-from rcca.models.tsm import TSMResNet, block_out_channels
+from rcca.models.tsm import TSMResNet
 
 NL_POSITIONS = ["conv3_1", "conv3_3", "conv4_1", "conv4_3", "conv4_5"]
 # The released TSM `_nl` model wraps these blocks (ops/non_local.py, make_non_local).
@@ -121,9 +121,7 @@ def test_tsm_classifier_for_other_classes_skipped(tmp_path, resnet50_state):
 def test_tsm_nonlocal_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = TSMResNet(depth=50, num_classes=400)
-    insert_context_modules(
-        model.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True), block_out_channels
-    )
+    insert_context_modules(model, NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True))
     source = randomized(model.state_dict())
     official = {official_tsm_nl_name(k): v for k, v in source.items()}
     assert "module.base_model.layer2.0.block.conv1.net.weight" in official
@@ -132,9 +130,7 @@ def test_tsm_nonlocal_checkpoint(tmp_path):
     torch.save(full_tsm_checkpoint(official), path)
 
     target = TSMResNet(depth=50, num_classes=400)
-    insert_context_modules(
-        target.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True), block_out_channels
-    )
+    insert_context_modules(target, NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True))
     report = load_pretrained(target, read_checkpoint(path, "init_from"), "tsm")
     assert report.skipped == [] and report.new == []
     assert_loaded(target, source, sorted(target.state_dict()))
@@ -251,7 +247,7 @@ def test_context_modules_are_new_after_backbone_load(tmp_path, mfnet_state):
     path = tmp_path / "mfnet.pth"
     torch.save({"epoch": 0, "state_dict": {"module." + k: v for k, v in mfnet_state.items()}}, path)
     model = MFNet3D(num_classes=400)
-    insert_context_modules(model.residual_blocks(), ["conv3_1"], NonLocal3D, unit_out_channels)
+    insert_context_modules(model, ["conv3_1"], NonLocal3D)
     report = load_pretrained(model, read_checkpoint(path, "init_from"), "mfnet")
     assert report.skipped == []
     assert report.new and all(k.startswith("conv3.B01.context.") for k in report.new)
@@ -385,18 +381,18 @@ def test_plain_tsn_checkpoint_into_tsm_needs_the_tsn_format(tmp_path, resnet50_s
 def test_subsampled_nonlocal_release_needs_subsample(tmp_path):
     torch.manual_seed(0)
     source = TSMResNet(depth=50, num_classes=400)
-    insert_context_modules(source.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True), block_out_channels)
+    insert_context_modules(source, NL_POSITIONS, lambda c: NonLocal3D(c, subsample=True))
     path = tmp_path / "TSM_kinetics_RGB_resnet50_shift8_blockres_avg_segment8_e100_dense_nl.pth"
     torch.save(full_tsm_checkpoint({official_tsm_nl_name(k): v for k, v in source.state_dict().items()}), path)
     target = TSMResNet(depth=50, num_classes=400)
-    insert_context_modules(target.residual_blocks(), NL_POSITIONS, lambda c: NonLocal3D(c, subsample=False), block_out_channels)
+    insert_context_modules(target, NL_POSITIONS, lambda c: NonLocal3D(c, subsample=False))
     with pytest.raises(ValueError, match="module.subsample=true"):
         load_pretrained(target, read_checkpoint(path, "init_from"), "tsm")
 
 
 def test_rcca_checkpoint_settings_that_change_the_computation_are_compared(tmp_path):
     model = TSMResNet(depth=18, num_classes=10, width=16)
-    insert_context_modules(model.residual_blocks(), ["conv3_1"], lambda c: NonLocal3D(c, subsample=True), block_out_channels)
+    insert_context_modules(model, ["conv3_1"], lambda c: NonLocal3D(c, subsample=True))
     config = {"backbone": {"name": "tsm", "shift_div": 8, "shift_place": "blockres"},
               "module": {"name": "nl", "subsample": True}}
     path = tmp_path / "best.pt"
@@ -404,7 +400,7 @@ def test_rcca_checkpoint_settings_that_change_the_computation_are_compared(tmp_p
     checkpoint = read_checkpoint(path, "init_from")
     assert load_pretrained(model, checkpoint, "rcca").skipped == []
     other = TSMResNet(depth=18, num_classes=10, width=16, shift_div=4)
-    insert_context_modules(other.residual_blocks(), ["conv3_1"], lambda c: NonLocal3D(c, subsample=False), block_out_channels)
+    insert_context_modules(other, ["conv3_1"], lambda c: NonLocal3D(c, subsample=False))
     with pytest.raises(ValueError, match="backbone.shift_div=8, module.subsample=true"):
         load_pretrained(other, checkpoint, "rcca")
 

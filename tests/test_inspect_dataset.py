@@ -10,12 +10,12 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-
 from conftest import REPO, run_entry
+
 from rcca.config import DatasetConfig
 from rcca.data.build import write_exclude_list
-from rcca.errors import UserError
 from rcca.data.synthetic import SyntheticSpec, render_video, write_video
+from rcca.errors import UserError
 
 SCRIPT = "scripts/inspect_dataset.py"
 TRAIN = {"good_0.mp4": 0, "good_1.mp4": 1, "corrupt.mp4": 0, "absent.mp4": 1}
@@ -63,6 +63,10 @@ def test_reports_counts_and_missing_videos(overrides: list[str]) -> None:
     assert (report["num_classes"], report["train"], report["test"], report["missing"]) == (2, 4, 2, 1)
     assert "undecodable" not in report
     assert "absent.mp4" in result.stdout
+    # Without dataset.class_names the classes are the label numbers, and the report says how to name them.
+    assert report["classes"] == ["0", "1"]
+    assert "classes: 2 (named by label; set dataset.class_names" in result.stdout
+    assert "\n  0: 2 train, 1 test\n  1: 2 train, 1 test\n" in result.stdout
 
 
 def test_decode_reports_undecodable_videos_and_writes_exclude_list(overrides: list[str], tmp_path: Path) -> None:
@@ -109,7 +113,7 @@ def test_missing_root_is_a_one_line_user_error(
 ) -> None:
     """Run in this process (the subprocess runs above cover the command line): exit 2, one line."""
     absent = [f"dataset.root={tmp_path / 'nowhere'}" if o.startswith("dataset.root=") else o for o in overrides]
-    with pytest.raises(SystemExit) as exited, script.user_errors():
+    with pytest.raises(SystemExit) as exited, script.exit_codes():
         script.report(absent, decode=False)
     assert exited.value.code == 2
     out, err = capsys.readouterr()
@@ -131,7 +135,7 @@ def test_write_exclude_refuses_an_input_of_the_dataset(
     root = option(overrides, "dataset.root")
     path = {"root": root, "video": root / "good_0.mp4"}.get(target) or option(overrides, f"dataset.{target}")
     before = path.read_bytes() if path.is_file() else None
-    with pytest.raises(SystemExit) as exited, script.user_errors():
+    with pytest.raises(SystemExit) as exited, script.exit_codes():
         script.report(overrides, decode=True, exclude_file=path)
     assert exited.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
@@ -169,3 +173,43 @@ def test_write_exclude_overwrites_only_an_exclude_list(script: ModuleType, tmp_p
         assert (tmp_path / name).read_bytes() == before
     with pytest.raises(UserError, match=r"folder .* not found"):
         script.check_exclude_target(tmp_path / "nowhere" / "exclude.txt", cfg, videos)
+
+
+def test_class_names_file_names_the_classes(
+    script: ModuleType, overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """dataset.class_names (read by rcca.data.build): the report lists label, name and videos per class."""
+    names = tmp_path / "classes.txt"
+    names.write_text("# my classes\nrun\njump\n")
+    summary = script.report([*overrides, f"dataset.class_names={names}"], decode=False)
+    out = capsys.readouterr().out
+    assert summary["classes"] == ["run", "jump"]
+    assert "classes: 2\n  0 run: 2 train, 1 test\n  1 jump: 2 train, 1 test\n" in out
+    assert "without training videos" not in out
+    # A named class that no training video uses is pointed out.
+    names.write_text("run\njump\nswim\n")
+    three = [o for o in overrides if not o.startswith("dataset.num_classes=")] + ["dataset.num_classes=3"]
+    summary = script.report([*three, f"dataset.class_names={names}"], decode=False)
+    assert summary["classes"] == ["run", "jump", "swim"]
+    assert "classes without training videos: 1\n  2 swim\n" in capsys.readouterr().out
+
+
+def test_bad_class_names_file_is_a_one_line_user_error(
+    script: ModuleType, overrides: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    names = tmp_path / "classes.txt"
+    names.write_text("run\njump\nrun\n")
+    with pytest.raises(SystemExit) as exited, script.exit_codes():
+        script.report([*overrides, f"dataset.class_names={names}"], decode=False)
+    assert exited.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [f"error: {names}:3: class name 'run' repeats line 1 (label 0); every class needs its own name"]
+
+
+def test_write_exclude_refuses_the_class_names_file(script: ModuleType, tmp_path: Path) -> None:
+    names = tmp_path / "classes.txt"
+    names.write_text("good_0.mp4\n")  # would read as an exclude list naming a video of the dataset
+    cfg = DatasetConfig(name="video_list", root=str(tmp_path / "videos"), class_names=str(names), num_classes=2)
+    with pytest.raises(UserError, match=r"classes\.txt: is dataset\.class_names=.*an input of the dataset"):
+        script.check_exclude_target(names, cfg, {"good_0.mp4"})
+    assert names.read_text() == "good_0.mp4\n"

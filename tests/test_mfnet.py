@@ -8,7 +8,7 @@ from torch import nn
 
 from rcca.models.attention import RCCA3D
 from rcca.models.insertion import insert_context_modules
-from rcca.models.mfnet import MFNet3D, MultiFiberUnit, unit_out_channels
+from rcca.models.mfnet import MFNet3D, MultiFiberUnit
 from rcca.models.nonlocal_block import NonLocal3D
 
 POSITIONS = ["conv3_1", "conv3_3", "conv4_1", "conv4_3", "conv4_5"]
@@ -94,8 +94,8 @@ def test_official_parameter_names(mfnet):
     assert "conv2.B02.conv_w1.conv.weight" not in state
     stages = mfnet.residual_blocks()
     assert {k: len(v) for k, v in stages.items()} == {"conv2": 3, "conv3": 4, "conv4": 6, "conv5": 3}
-    assert [unit_out_channels(stages[s][0]) for s in stages] == [96, 192, 384, 768]
-    assert MFNet3D.classifier_name == "classifier"
+    assert [mfnet.block_channels(stages[s][0]) for s in stages] == [96, 192, 384, 768]
+    assert mfnet.get_classifier() is mfnet.classifier  # the release's name for the classifier
 
 
 def test_context_applied_to_unit_output():
@@ -123,7 +123,7 @@ def test_context_applied_to_unit_output():
 def test_five_inserted_modules(make, added, millions):
     torch.manual_seed(0)
     model = MFNet3D(num_classes=400).eval()
-    inserted = insert_context_modules(model.residual_blocks(), POSITIONS, make, unit_out_channels)
+    inserted = insert_context_modules(model, POSITIONS, make)
     assert list(inserted) == POSITIONS
     assert count(model) - MFNET_PARAMS == added
     # Table VI of the paper: +0.78M for RCCA-3D x5 (8.78M), +1.04M for non-local x5 (9.04M).

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,6 +23,7 @@ import pytest
 
 from conftest import REPO
 from rcca.config import DatasetConfig, SyntheticConfig
+from rcca.data import synthetic
 from rcca.data.build import read_annotations
 from rcca.data.synthetic import (
     MARKER,
@@ -184,3 +186,19 @@ def test_a_killed_generation_leaves_no_set_and_only_its_own_leftovers_are_remove
     assert not started.exists()
     assert {folder: snapshot(folder) for folder in (lookalike, misnamed)} == kept
     assert sorted(p.name for p in root.iterdir()) == sorted([MARKER, folder.name, lookalike.name, misnamed.name])
+
+
+# --------------------------------------------------------------------------- progress without a terminal
+
+
+def test_without_a_bar_generation_logs_plain_progress_lines(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(synthetic, "PROGRESS_EVERY_S", 0.0)  # a line after every video
+    caplog.set_level(logging.INFO)
+    ensure_synthetic_dataset(tmp_path / "cache", SMALL, progress=False)
+    prefix = "generating synthetic videos: "
+    lines = [record.getMessage() for record in caplog.records if record.getMessage().startswith(prefix)]
+    total = SMALL.num_train + SMALL.num_test
+    counts = [line.removeprefix(prefix).split("/")[0] for line in lines]
+    assert counts == [str(done) for done in range(1, total + 1)] + [str(total)], lines  # one per video, then the end
+    assert all(f"/{total} videos (" in line for line in lines)
+    assert all(", ETA " in line for line in lines[:-1]) and ", in " in lines[-1], lines

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,11 +16,15 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig, ScheduleConfig, TrainerConfig
+from rcca.data.build import VideoLoader
 from rcca.data.samplers import EpochSampler
-from rcca.engine.evaluation import _first_occurrence, predict_videos, video_metrics
-from rcca.engine.launch import leave_outputs_to_rank_zero
-from rcca.engine.optim import lr_factor
-from rcca.engine.trainer import Trainer, TrainingDiverged, accumulation_steps
+from rcca.engine.checkpoints import read_run_checkpoint
+from rcca.engine.evaluation import _first_occurrence, predict_videos
+from rcca.engine.metrics import video_metrics
+from rcca.engine.optim import build_optimizer, lr_factor
+from rcca.engine.resuming import resume_checkpoint
+from rcca.engine.runtime import leave_outputs_to_rank_zero
+from rcca.engine.trainer import Trainer, TrainingDiverged, TrainingStopped, accumulation_steps
 from rcca.errors import UserError
 from rcca.models.build import build_model, to_channels_last
 
@@ -43,8 +48,6 @@ class PointsDataset(Dataset):
 class LinearClassifier(nn.Module):
     """No BatchNorm, no dropout: the update is a pure function of the batch."""
 
-    classifier_name = "fc"
-
     def __init__(self) -> None:
         super().__init__()
         torch.manual_seed(0)
@@ -53,6 +56,9 @@ class LinearClassifier(nn.Module):
 
     def forward(self, x):
         return self.fc(torch.tanh(self.hidden(x.flatten(1))))
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
 
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -68,15 +74,19 @@ def one_update(
     loader = DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), True, 0, rank, world_size))
     model = LinearClassifier().to(device)
     runner = nn.parallel.DistributedDataParallel(model) if world_size > 1 else None
-    cfg = TrainerConfig(epochs=1, batch_size=batch_size, effective_batch_size=effective, log_every=1000, progress=False, amp=amp)
+    cfg = TrainerConfig(
+        epochs=1, batch_size=batch_size, effective_batch_size=effective, log_every=1000, progress=False, amp=amp
+    )
     trainer = Trainer(
-        model, loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=clip),
-        ScheduleConfig(), tmp or Path("."), {}, torch.device(device), world_size, None, runner,
+        model=runner or model, model_without_ddp=model, train_loader=loader, test_loader=loader,
+        class_names=["a", "b", "c"], trainer_cfg=cfg,
+        optimizer_cfg=OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=clip), schedule_cfg=ScheduleConfig(),
+        run_dir=tmp or Path("."), config={}, device=torch.device(device), world_size=world_size,
     )
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     trainer.updates_per_epoch = 1
     trainer._train_epoch()
-    assert trainer.progress.step == 1
+    assert trainer.position.step == 1
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
 
@@ -157,28 +167,48 @@ def test_channels_last_keeps_outputs_and_gradients(device, backbone):
     assert float((changed - gradients).norm() / gradients.norm()) < 0.05
 
 
+class PointsViews(PointsDataset):
+    """PointsDataset as test videos of one view each (the `clip` of a test item is V x C x T x H x W)."""
+
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        return {**item, "clip": item["clip"][None]}
+
+
+def cpu_trainer(
+    train_loader: DataLoader, tmp_path: Path, cfg: TrainerConfig, config: dict | None = None,
+    model: nn.Module | None = None, writer=None,
+) -> Trainer:
+    """A Trainer on the CPU of `model` (a fresh LinearClassifier by default), validated on PointsViews."""
+    model = model or LinearClassifier()
+    test_set = PointsViews()
+    test_loader = DataLoader(test_set, batch_size=4, sampler=EpochSampler(len(test_set), False))
+    return Trainer(
+        model=model, model_without_ddp=model, train_loader=train_loader, test_loader=test_loader,
+        class_names=["a", "b", "c"], trainer_cfg=cfg, optimizer_cfg=OptimizerConfig(), schedule_cfg=ScheduleConfig(),
+        run_dir=tmp_path, config=config or {}, device=torch.device("cpu"), writer=writer,
+    )
+
+
 def _trainer(amp: str, tmp_path: Path) -> Trainer:
     dataset = PointsDataset()
     loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), True))
     cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, progress=False, amp=amp)
-    return Trainer(
-        LinearClassifier(), loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(), ScheduleConfig(), tmp_path, {},
-        torch.device("cpu"),
-    )
+    return cpu_trainer(loader, tmp_path, cfg)
 
 
 def test_resume_restores_the_gradient_scale_across_precisions(tmp_path):
     saved = _trainer("fp16", tmp_path)
     saved.scaler.scale(torch.ones(()))  # the scale tensor is created on first use
     saved.scaler.update(new_scale=1024.0)
-    state = saved.state_dict()
+    state = saved.checkpoint()
     resumed = _trainer("fp16", tmp_path)
-    resumed.load_state_dict(state)
+    resumed.restore(state)
     assert resumed.scaler.get_scale() == 1024.0
     # Into a float32 or bf16 run the scale is dropped; from one, an fp16 run starts at the initial scale.
-    _trainer("bf16", tmp_path).load_state_dict(state)
+    _trainer("bf16", tmp_path).restore(state)
     fresh = _trainer("fp16", tmp_path)
-    fresh.load_state_dict(_trainer("off", tmp_path).state_dict())
+    fresh.restore(_trainer("off", tmp_path).checkpoint())
     assert fresh.scaler.get_scale() == 2.0**16
 
 
@@ -211,6 +241,18 @@ def test_nan_loss_on_one_process_stops_every_process(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stopped0", "stopped1"]
 
 
+def test_the_classifier_group_is_what_get_classifier_returns():
+    model = LinearClassifier()
+    optimizer = build_optimizer(model, OptimizerConfig(lr=0.1, classifier_lr_mult=10.0, weight_decay=1e-4))
+    lr = {id(p): group["lr"] for group in optimizer.param_groups for p in group["params"]}
+    decay = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert len(lr) == len(list(model.parameters()))  # each parameter in exactly one group
+    assert lr[id(model.fc.weight)] == lr[id(model.fc.bias)] == pytest.approx(1.0)
+    assert lr[id(model.hidden.weight)] == lr[id(model.hidden.bias)] == pytest.approx(0.1)
+    assert decay[id(model.fc.weight)] == decay[id(model.hidden.weight)] == 1e-4  # biases are not decayed
+    assert decay[id(model.fc.bias)] == decay[id(model.hidden.bias)] == 0.0
+
+
 def test_lr_schedule_counts_updates():
     cfg = ScheduleConfig(milestones=[2, 4], factor=0.1, warmup_epochs=1)
     per_epoch = 10
@@ -239,8 +281,6 @@ class ViewsDataset(Dataset):
 class ValueToLogits(nn.Module):
     """Logits [log v, log (1 - v)]: softmax gives probabilities exactly (v, 1 - v)."""
 
-    classifier_name = "fc"
-
     def __init__(self) -> None:
         super().__init__()
         self.fc = nn.Linear(1, 2)
@@ -248,6 +288,9 @@ class ValueToLogits(nn.Module):
     def forward(self, x):
         v = x.flatten(1)[:, :1]
         return torch.cat([v.log(), (1 - v).log()], dim=1)
+
+    def get_classifier(self) -> nn.Linear:
+        return self.fc
 
 
 def test_video_scores_are_mean_of_view_probabilities():
@@ -296,15 +339,131 @@ class HangingDataset(PointsDataset):
 def test_hung_worker_stops_the_run_with_a_resumable_error(tmp_path):
     dataset = HangingDataset()
     sampler = EpochSampler(len(dataset), shuffle=False)
-    loader = DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=1, timeout=2)
+    loader = VideoLoader(dataset, batch_size=4, sampler=sampler, num_workers=1, timeout=2)  # the project's loader
     cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, log_every=1000, progress=False)
-    trainer = Trainer(
-        LinearClassifier(), loader, loader, ["a", "b", "c"], cfg, OptimizerConfig(), ScheduleConfig(), tmp_path, {},
-        torch.device("cpu"),
-    )
-    with pytest.raises(UserError, match=r"data loading failed in epoch 1 .*resume=auto"):
+    trainer = cpu_trainer(loader, tmp_path, cfg)
+    with pytest.raises(UserError, match=r"epoch 1: data loading failed .*resume=auto"):
         trainer.fit()
-    assert trainer.progress.step == 1  # the batch before the hung one was trained on
+    assert trainer.position.step == 1  # the batch before the hung one was trained on
+
+
+class SignallingDataset(PointsDataset):
+    """Sends `signum` to this process while item 5 (in the second batch of 4) loads, as `kill` would."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__()
+        self.signum = signum
+
+    def __getitem__(self, key):
+        if key[1] == 5:
+            os.kill(os.getpid(), self.signum)
+        return super().__getitem__(key)
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGUSR2, 143)])
+def test_a_stop_signal_saves_the_last_update_and_raises_training_stopped(tmp_path, signum, exit_code):
+    dataset = SignallingDataset(signum)
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), shuffle=False))
+    cfg = TrainerConfig(epochs=2, batch_size=4, effective_batch_size=4, log_every=1000, progress=False)
+    trainer = cpu_trainer(loader, tmp_path, cfg)
+    handler = signal.getsignal(signum)
+    with pytest.raises(TrainingStopped) as stopped:
+        trainer.fit()
+    assert stopped.value.exit_code == exit_code
+    assert f"saved {tmp_path / 'last.pt'}. Continue with: resume=auto" in str(stopped.value)
+    assert signal.getsignal(signum) is handler  # fit's handlers are gone
+    # The update of the batch being loaded completes, then training stops: after 2 updates of epoch 1.
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert (saved["step"], saved["epoch"], saved["batches_in_epoch"], saved["validated"]) == (2, 0, 2, True)
+    for key, value in trainer.model_without_ddp.state_dict().items():
+        assert torch.equal(saved["model"][key], value), key
+
+
+# What last.pt and best.pt hold on disk: files of every rcca version must keep loading.
+ON_DISK_KEYS = {
+    "model", "config", "classes", "optimizer", "scheduler", "scaler", "rng", "epoch", "batches_in_epoch", "step",
+    "best_top1", "validated", "config_history", "failed_train",
+}
+
+
+def test_a_checkpoint_keeps_its_layout_and_resumes_where_it_was_saved(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rcca.engine.trainer")
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), shuffle=True))
+    cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, log_every=1000, progress=False)
+    config = {"seed": 0, "model": {"name": "linear"}}
+    trained = cpu_trainer(loader, tmp_path, cfg, config)
+    metrics = trained.fit()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert set(saved) == ON_DISK_KEYS
+    assert (saved["epoch"], saved["batches_in_epoch"], saved["step"], saved["validated"]) == (1, 0, 8, True)
+    assert saved["best_top1"] == metrics["top1"] and saved["config"] == config and saved["classes"] == ["a", "b", "c"]
+    assert "epoch 1 validation: top1" in caplog.text and "(32 videos)" in caplog.text  # epochs counted from 1
+
+    resumed = cpu_trainer(loader, tmp_path, cfg, config)
+    resumed.restore(read_run_checkpoint(tmp_path / "last.pt", "resume"))
+    assert resumed.position == trained.position
+    for key, value in trained.model_without_ddp.state_dict().items():
+        assert torch.equal(resumed.model_without_ddp.state_dict()[key], value), key
+    momentum = [state["momentum_buffer"] for state in trained.optimizer.state_dict()["state"].values()]
+    restored = [state["momentum_buffer"] for state in resumed.optimizer.state_dict()["state"].values()]
+    assert len(momentum) == 4 and all(torch.equal(a, b) for a, b in zip(momentum, restored))
+    assert resumed.fit()["top1"] == metrics["top1"]  # a finished run resumed: nothing to train, the same report
+
+
+def test_checkpoints_of_earlier_versions_load_and_other_files_are_one_line_errors(tmp_path):
+    _trainer("off", tmp_path).save("last.pt")
+    old = torch.load(tmp_path / "last.pt", weights_only=True)
+    for key in ("validated", "config_history", "failed_train", "classes"):  # keys that later versions added
+        del old[key]
+    torch.save(old, tmp_path / "old.pt")
+    checkpoint = read_run_checkpoint(tmp_path / "old.pt", "resume")
+    assert checkpoint.classes is None and checkpoint.training.position.validated is True
+    assert checkpoint.training.config_history == [] and checkpoint.training.failed_train == {}
+    _trainer("off", tmp_path).restore(checkpoint)
+
+    torch.save(old["model"], tmp_path / "weights.pt")
+    with pytest.raises(UserError, match=f"^ckpt={tmp_path / 'weights.pt'} was not written by rcca's trainer"):
+        read_run_checkpoint(tmp_path / "weights.pt", "ckpt")
+    # Weights and config only: enough to evaluate, not to continue.
+    torch.save({"model": old["model"], "config": old["config"]}, tmp_path / "model.pt")
+    assert read_run_checkpoint(tmp_path / "model.pt", "ckpt").training is None
+    with pytest.raises(UserError, match="holds weights but no training state to continue from"):
+        resume_checkpoint(str(tmp_path / "model.pt"), tmp_path)
+
+
+class GammaClassifier(LinearClassifier):
+    """LinearClassifier with an (unused) RCCA-3D-like `gamma` parameter in a submodule."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attention = nn.Module()
+        self.attention.gamma = nn.Parameter(torch.tensor(0.5))
+
+
+class RecordingWriter:
+    """Collects what a TensorBoard SummaryWriter would write: (tag, value, step)."""
+
+    def __init__(self) -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+
+    def add_scalar(self, tag: str, value: float, step: int) -> None:
+        self.scalars.append((tag, value, step))
+
+
+def test_training_logs_scalars_and_gammas_by_parameter_name(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rcca.engine.trainer")
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), shuffle=True))
+    writer = RecordingWriter()
+    cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, log_every=4, progress=False)
+    trainer = cpu_trainer(loader, tmp_path, cfg, model=GammaClassifier(), writer=writer)
+    metrics = trainer.fit()
+    steps = {tag: [step for name, _, step in writer.scalars if name == tag] for tag, _, _ in writer.scalars}
+    assert steps["train/loss"] == steps["gamma/attention.gamma"] == [4, 8]  # every log_every=4 updates
+    assert ("gamma/attention.gamma", 0.5, 4) in writer.scalars
+    assert ("val/top1", metrics["top1"], 8) in writer.scalars
+    assert "epoch 1, update 4: loss" in caplog.text and "epoch 1, update 8: loss" in caplog.text
 
 
 class ViewsWithFailure(ViewsDataset):

@@ -7,7 +7,8 @@ Every parser returns the same structure, :class:`Annotations`: the class names
 Supported formats:
 
 * ``video_list``: generic mmaction2-style lists, one ``relative/path label``
-  per line with a 0-based label.
+  per line with a 0-based label, optionally with a class-names file (one name
+  per line in label order, see :func:`read_class_names`).
 * ``ucf101``: the official ``ucfTrainTestlist`` folder (``classInd.txt``,
   ``trainlist0N.txt``, ``testlist0N.txt``), LF or CRLF line endings.
 * ``hmdb51``: the official ``testTrainMulti_7030_splits`` folder.
@@ -38,6 +39,7 @@ __all__ = [
     "load_mini_kinetics200",
     "load_ucf101",
     "load_video_list",
+    "read_class_names",
 ]
 
 _SPLITS = (1, 2, 3)
@@ -109,14 +111,21 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """Yield ``(line_number, line)`` for each non-blank line of a text file, stripped.
 
     Stripping removes ``\\r`` too, so LF and CRLF files parse the same; a UTF-8
-    byte-order mark is ignored.
+    byte-order mark is ignored. A line that is not UTF-8 raises
+    :class:`AnnotationError` with its number.
     """
     _require_file(path)
-    with path.open(encoding="utf-8-sig") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.strip()
-            if line:
-                yield number, line
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+    for number, raw in enumerate(data.splitlines(), start=1):
+        try:
+            line = raw.decode("utf-8").strip()
+        except UnicodeDecodeError as error:
+            raise AnnotationError(
+                f"{path}:{number}: not UTF-8 text ({error.reason} at byte {error.start}"
+                " of the line); save the file as UTF-8"
+            ) from None
+        if line:
+            yield number, line
 
 
 def _norm_path(path: str) -> str:
@@ -142,8 +151,14 @@ def _non_empty(records: list[VideoRecord], path: Path) -> list[VideoRecord]:
 # --------------------------------------------------------------------------- generic lists
 
 
-def _read_video_list(path: Path, num_classes: int | None) -> list[VideoRecord]:
-    """Read a ``relative/path label`` list; labels must lie in ``[0, num_classes)`` when given."""
+def _read_video_list(
+    path: Path, num_classes: int | None, names: tuple[Path, int] | None = None
+) -> list[VideoRecord]:
+    """Read a ``relative/path label`` list; labels must lie in ``[0, num_classes)`` when given.
+
+    ``names`` is the class-names file and the line of its last name, when the
+    class count comes from that file: a label beyond the names then says so.
+    """
     records = []
     for number, line in _lines(path):
         # Paths may contain spaces: the label is the last token.
@@ -153,6 +168,12 @@ def _read_video_list(path: Path, num_classes: int | None) -> list[VideoRecord]:
                 f"{path}:{number}: expected '<relative/path> <label>', got {line!r}"
             )
         label = _parse_int(parts[1], path, number, "label")
+        if label >= 0 and names is not None and num_classes is not None and label >= num_classes:
+            names_file, last_line = names
+            raise AnnotationError(
+                f"{path}:{number}: label {label} has no class name: {names_file} names labels"
+                f" 0-{num_classes - 1} only ({num_classes} names, the last on line {last_line})"
+            )
         if label < 0 or (num_classes is not None and label >= num_classes):
             upper = "" if num_classes is None else f" and below {num_classes}"
             raise AnnotationError(
@@ -162,11 +183,81 @@ def _read_video_list(path: Path, num_classes: int | None) -> list[VideoRecord]:
     return _non_empty(records, path)
 
 
+def _read_class_name_lines(path: Path, num_classes: int | None) -> list[tuple[int, str]]:
+    """``(line_number, name)`` of every name of a class-names file, checked as :func:`read_class_names` says."""
+    if not path.is_file():
+        raise AnnotationError(
+            f"{path}: class-names file not found; set `dataset.class_names` to a file"
+            " of class names, one per line in label order"
+        )
+    lines = [(number, line) for number, line in _lines(path) if not line.startswith("#")]
+    if not lines:
+        raise AnnotationError(
+            f"{path}:1: no class names in this file (blank or # comment lines only);"
+            " write one name per line, in label order"
+        )
+    seen: dict[str, tuple[int, int]] = {}  # name -> (line, label)
+    for label, (number, name) in enumerate(lines):
+        if name in seen:
+            first, first_label = seen[name]
+            raise AnnotationError(
+                f"{path}:{number}: class name {name!r} repeats line {first}"
+                f" (label {first_label}); every class needs its own name"
+            )
+        seen[name] = (number, label)
+    if num_classes is not None and len(lines) > num_classes:
+        number, name = lines[num_classes]
+        raise AnnotationError(
+            f"{path}:{number}: {len(lines)} class names but num_classes={num_classes};"
+            f" the names from this line on ({name!r} = label {num_classes}) have no class"
+        )
+    if num_classes is not None and len(lines) < num_classes:
+        number, name = lines[-1]
+        first_unnamed, last = len(lines), num_classes - 1
+        unnamed = f"label {last} has" if first_unnamed == last else f"labels {first_unnamed}-{last} have"
+        raise AnnotationError(
+            f"{path}:{number}: {len(lines)} class names but num_classes={num_classes};"
+            f" the file ends at label {len(lines) - 1} ({name!r}), {unnamed} no name"
+        )
+    return lines
+
+
+def read_class_names(path: Path | str, num_classes: int | None = None) -> list[str]:
+    """Read a class-names file: one name per line, in label order.
+
+    Format:
+
+    * Each name is one line; the first name is label 0, the next label 1, and so on.
+      Surrounding whitespace is stripped, inner spaces are kept (``playing guitar``).
+    * Blank lines and comment lines (first non-blank character ``#``) are skipped
+      wherever they are and take no label, so a name's label is its rank among
+      the names, not its line number (with neither, line 1 is label 0). A name
+      cannot start with ``#``; there are no end-of-line comments (``#`` inside
+      a name is kept).
+    * UTF-8, with or without a byte-order mark; LF or CRLF line endings.
+
+    Args:
+        path: The class-names file.
+        num_classes: Expected number of names; ``None`` accepts any number.
+
+    Returns:
+        The names, index = label.
+
+    Raises:
+        AnnotationError: The file is missing, or, with ``file:line``, holds no
+            name (line 1), repeats a name (exact comparison; the message gives
+            both lines), or holds more names than ``num_classes`` (the first
+            extra name's line) or fewer (the last name's line).
+    """
+    return [name for _, name in _read_class_name_lines(Path(path), num_classes)]
+
+
 def load_video_list(
     train_list: Path | str,
     test_list: Path | str,
     num_classes: int | None = None,
     class_names: list[str] | None = None,
+    class_names_file: Path | str | None = None,
 ) -> Annotations:
     """Load generic mmaction2-style video lists.
 
@@ -177,26 +268,37 @@ def load_video_list(
     Args:
         train_list: Training list file.
         test_list: Test list file.
-        num_classes: Number of classes; defaults to ``len(class_names)`` or,
+        num_classes: Number of classes; defaults to the number of class names or,
             without names, to the largest label found plus one.
-        class_names: Class names (index = label); defaults to ``"0"``, ``"1"``...
+        class_names: Class names (index = label).
+        class_names_file: A file of class names, one per line in label order
+            (format: :func:`read_class_names`); exclusive with ``class_names``.
+            Without either, classes are named ``"0"``, ``"1"``...
 
     Returns:
         The parsed annotations.
 
     Raises:
         AnnotationError: A file is missing or malformed, a label is out of
-            range, or ``num_classes`` disagrees with ``class_names``.
+            range or has no name, ``num_classes`` disagrees with the class
+            names, or both ``class_names`` and ``class_names_file`` are given.
     """
     train_list, test_list = Path(train_list), Path(test_list)
+    names_at: tuple[Path, int] | None = None  # the names file and the line of its last name
+    if class_names is not None and class_names_file is not None:
+        raise AnnotationError("video_list: give class_names or class_names_file, not both")
+    if class_names_file is not None:
+        lines = _read_class_name_lines(Path(class_names_file), num_classes)
+        class_names = [name for _, name in lines]
+        names_at = (Path(class_names_file), lines[-1][0])
     if class_names is not None:
         if num_classes is not None and num_classes != len(class_names):
             raise AnnotationError(
                 f"video_list: num_classes={num_classes} but {len(class_names)} class_names given"
             )
         num_classes = len(class_names)
-    train = _read_video_list(train_list, num_classes)
-    test = _read_video_list(test_list, num_classes)
+    train = _read_video_list(train_list, num_classes, names_at)
+    test = _read_video_list(test_list, num_classes, names_at)
     if class_names is None:
         count = num_classes if num_classes is not None else 1 + max(r.label for r in train + test)
         class_names = [str(i) for i in range(count)]

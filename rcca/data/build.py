@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -12,15 +13,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torch.utils.data import dataloader as dataloader_module
+from torch.utils.data._utils import signal_handling
 
-from rcca.config import DatasetConfig
+from rcca.config import BackboneConfig, DataConfig, DatasetConfig, TestConfig
 from rcca.data.annotations import Annotations, AnnotationError, VideoRecord, load_annotations
 from rcca.data.datasets import VideoDataset
 from rcca.data.samplers import EpochSampler
 from rcca.data.sampling import sample_test_clips, sample_train_clip
 from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
 from rcca.data.transforms import build_test_transform, build_train_transform
-from rcca.errors import UserError
+from rcca.errors import DataLoadingFailed, UserError
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,13 @@ class ClipSampling:
         """All test clips' indices, concatenated; deterministic (`rng` is part of the sampler signature only)."""
         clips = sample_test_clips(num_video_frames, num_clips, self.sampling, self.num_frames, self.interval)
         return [i for clip in clips for i in clip]
+
+
+def clip_sampling(backbone: BackboneConfig) -> ClipSampling:
+    """The clips the configured model takes: the one place where the model config decides which frames the
+    data code reads (`backbone.num_frames`, `backbone.sampling`, `backbone.frame_interval`: TSM's 8 uniform
+    segments, MF-Net's 16 dense frames)."""
+    return ClipSampling(backbone.sampling, backbone.num_frames, backbone.frame_interval)
 
 
 def read_annotations(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
@@ -77,15 +87,27 @@ def missing_videos(root: Path, records: list[VideoRecord]) -> list[str]:
     return [r.path for r in records if not (root / r.path).exists()]
 
 
-def load_dataset(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
-    """`read_annotations`, less the videos of `dataset.exclude`; then stop on missing videos
-    (or drop them with `dataset.allow_missing`, recording them in `annotations.missing`)."""
+SPLITS = ("train", "test")
+
+
+def load_dataset(
+    cfg: DatasetConfig, splits: tuple[str, ...] = SPLITS, progress: bool = True
+) -> tuple[Path, Annotations]:
+    """`read_annotations`, less the videos of `dataset.exclude`; then stop on missing videos of `splits`
+    (or drop them with `dataset.allow_missing`, recording them in `annotations.missing`).
+
+    Only the videos of `splits` need to exist: `test.py` passes `("test",)`, so a machine that holds
+    just the test videos can evaluate (the other split's records are kept, unchecked).
+    """
     root, annotations = read_annotations(cfg, progress)
     if cfg.exclude:
         exclude_videos(annotations, Path(cfg.exclude))
-    annotations.train, missing_train = _drop_missing(root, annotations.train, cfg.allow_missing, "train")
-    annotations.test, missing_test = _drop_missing(root, annotations.test, cfg.allow_missing, "test")
-    annotations.missing = sorted(set(missing_train + missing_test))
+    missing: list[str] = []
+    for split in splits:
+        kept, dropped = _drop_missing(root, getattr(annotations, split), cfg.allow_missing, split)
+        setattr(annotations, split, kept)
+        missing += dropped
+    annotations.missing = sorted(set(missing))
     return root, annotations
 
 
@@ -147,7 +169,8 @@ def _annotation_arguments(cfg: DatasetConfig) -> dict:
     if cfg.name == "video_list":
         if not cfg.train_list or not cfg.test_list:
             raise UserError("dataset.train_list and dataset.test_list must both be set for dataset=video_list")
-        return {"train_list": Path(cfg.train_list), "test_list": Path(cfg.test_list), "num_classes": cfg.num_classes}
+        return {"train_list": Path(cfg.train_list), "test_list": Path(cfg.test_list), "num_classes": cfg.num_classes,
+                "class_names_file": cfg.class_names}
     if not cfg.annotations:
         raise UserError(f"dataset.annotations is not set: point it at the {cfg.name} split/annotation folder")
     kwargs: dict = {"annotations_dir": Path(cfg.annotations)}
@@ -178,33 +201,43 @@ def _drop_missing(
     return [r for r in records if r.path not in absent], missing
 
 
-def build_datasets(
-    root: Path,
-    annotations: Annotations,
-    backend: str,
-    clip: ClipSampling,
-    crop_size: int,
-    scales: list[float],
-    flip: bool,
-    resize_short: int,
-    num_clips: int,
-    num_crops: int,
-    seed: int,
-) -> tuple[VideoDataset, VideoDataset]:
-    """The training dataset (one random clip, augmented) and the test dataset (all views)."""
-    train_transform = build_train_transform(crop_size, scales, flip)
-    train = VideoDataset(root, annotations.train, backend, clip.train_indices, train_transform, seed=seed)
-    test = VideoDataset(
+def build_train_dataset(
+    root: Path, records: list[VideoRecord], clip: ClipSampling, dataset: DatasetConfig, data: DataConfig, seed: int
+) -> VideoDataset:
+    """The training dataset: one random clip per video, multi-scale cropped to `data.crop_size`, flipped
+    when `dataset.flip`, read with `dataset.backend`."""
+    transform = build_train_transform(data.crop_size, list(data.scales), dataset.flip)
+    return VideoDataset(root, records, dataset.backend, clip.train_indices, transform, seed=seed)
+
+
+def build_test_dataset(
+    root: Path, records: list[VideoRecord], clip: ClipSampling, dataset: DatasetConfig, views: TestConfig,
+    crop_size: int, seed: int,
+) -> VideoDataset:
+    """The test dataset: `views.num_clips` clips x `views.num_crops` crops of `crop_size` per video, after a
+    short-side resize to `views.resize_short`; undecodable videos are reported, not replaced."""
+    return VideoDataset(
         root,
-        annotations.test,
-        backend,
-        partial(clip.test_indices, num_clips=num_clips),
-        build_test_transform(resize_short, crop_size, num_crops),
-        clips_per_video=num_clips,
+        records,
+        dataset.backend,
+        partial(clip.test_indices, num_clips=views.num_clips),
+        build_test_transform(views.resize_short, crop_size, views.num_crops),
+        clips_per_video=views.num_clips,
         replace_failed=False,
         seed=seed,
     )
-    return train, test
+
+
+MAX_VIEWS_PER_BATCH = 64  # host memory of one evaluation batch: 64 views of 8 x 224 x 224 float32 clips, about 300 MB
+
+
+def evaluation_batch_size(views: TestConfig) -> int:
+    """Videos per evaluation batch: `test.batch_size`, lowered so that a batch holds at most 64 views."""
+    per_video = views.num_clips * views.num_crops
+    size = max(1, min(views.batch_size, MAX_VIEWS_PER_BATCH // per_video))
+    if size < views.batch_size:
+        log.info("evaluating %d videos per batch (%d views each) to bound host memory", size, per_video)
+    return size
 
 
 def leave_stop_signals_to_main(worker_id: int) -> None:
@@ -228,8 +261,8 @@ def build_loader(
     rank: int = 0,
     world_size: int = 1,
     timeout: float = 0.0,
-) -> DataLoader:
-    """A DataLoader over this process's share of the dataset (see `EpochSampler`).
+) -> VideoLoader:
+    """A `VideoLoader` over this process's share of the dataset (see `EpochSampler`).
 
     Training shuffles per epoch and drops the last incomplete batch; testing keeps every
     video (padding repeats, which evaluation counts once). Call
@@ -237,7 +270,7 @@ def build_loader(
     0 = none) turns a worker stuck on one batch (a hung decoder) into an error instead of a hang.
     """
     sampler = EpochSampler(len(dataset), shuffle=train, seed=seed, rank=rank, world_size=world_size)
-    return DataLoader(
+    return VideoLoader(
         dataset,
         batch_size=batch_size,
         sampler=sampler,
@@ -249,3 +282,40 @@ def build_loader(
         timeout=timeout if num_workers > 0 else 0.0,
         worker_init_fn=leave_stop_signals_to_main,
     )
+
+
+# Where PyTorch raises a worker's death or a timeout (not an error raised inside a worker, which it re-raises
+# from torch/_utils.py as the worker's own exception type).
+_LOADER_MACHINERY = frozenset(Path(module.__file__).resolve() for module in (dataloader_module, signal_handling))
+
+
+class VideoLoader(DataLoader):
+    """A DataLoader whose iteration reports a worker that died (a decoder crash) or timed out (a hung decoder)
+    as `DataLoadingFailed`, a one-line user error; every other error keeps its type and traceback."""
+
+    def __iter__(self) -> Iterator:
+        batches = super().__iter__()
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except RuntimeError as error:
+                if not _raised_by_loader_machinery(error):
+                    raise
+                raise DataLoadingFailed(
+                    f"data loading failed ({str(error).splitlines()[0]}). A video that crashes or hangs the decoder "
+                    "does it on every run: find such videos with scripts/inspect_dataset.py --decode "
+                    "--write-exclude <file> <overrides>"
+                ) from error
+            yield batch
+
+
+def _raised_by_loader_machinery(error: BaseException) -> bool:
+    """Whether the innermost frame of `error` is PyTorch's DataLoader iterator or its worker-failure handler."""
+    frame = error.__traceback__
+    if frame is None:
+        return False
+    while frame.tb_next is not None:
+        frame = frame.tb_next
+    return Path(frame.tb_frame.f_code.co_filename).resolve() in _LOADER_MACHINERY

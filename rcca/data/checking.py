@@ -18,9 +18,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from rcca.data.decoding import DecodeError, read_frames
+from rcca.data.decoding import DecodeError, read_frames, resolve_backend
 
 FrameReader = Callable[[Path, Callable[[int], list[int]], str], object]
+
+TIMEOUT_SECONDS = 60.0  # default: how long one video may take to read before its reader is deemed hung
+STARTUP_SECONDS = 120.0  # how long a new reading process may take to import the decoders
+EXIT_WAIT_SECONDS = 10.0  # how long a reading process that died or was killed is waited for
 
 
 def read_first_and_last(path: Path, backend: str, reader: FrameReader = read_frames) -> None:
@@ -51,7 +55,7 @@ def scan_videos(
     root: Path,
     paths: list[str],
     backend: str,
-    timeout: float = 60.0,
+    timeout: float = TIMEOUT_SECONDS,
     reader: FrameReader = read_frames,
     progress: bool = True,
 ) -> dict[str, str]:
@@ -59,10 +63,12 @@ def scan_videos(
 
     A reason is the decoder's error, "decoder crashed (exit code -11)" when the reading
     process died, or "decoder hung for more than <timeout> s". `reader` (a module-level
-    function, as it is sent to a spawned process) is `read_frames` but for tests.
+    function, as it is sent to a spawned process) is `read_frames` but for tests. The backend
+    is resolved here (`resolve_backend`), so the reading processes never try a missing decord.
     """
     if timeout <= 0:
         raise ValueError(f"timeout={timeout}: give the seconds one video may take (> 0)")
+    backend = resolve_backend(backend)
     failures: dict[str, str] = {}
     start = 0
     with tqdm(total=len(paths), desc="decoding", unit="video", disable=not progress) as bar:
@@ -101,7 +107,7 @@ def _scan_in_child(
             try:
                 message = receiver.recv()
             except EOFError:
-                process.join(timeout=10)
+                process.join(timeout=EXIT_WAIT_SECONDS)
                 reason = f"decoder crashed (exit code {process.exitcode})"
                 break
             kind, index = message[0], start + message[1]
@@ -117,13 +123,10 @@ def _scan_in_child(
     finally:
         if process.is_alive():
             process.kill()
-        process.join(timeout=10)
+        process.join(timeout=EXIT_WAIT_SECONDS)
         receiver.close()
     if current is not None:
         return done, current, reason
     if done >= start:
         return done, None, reason
     raise RuntimeError(f"the video-reading process could not start ({reason}); check that the decoders import")
-
-
-STARTUP_SECONDS = 120.0  # how long a new reading process may take to import the decoders

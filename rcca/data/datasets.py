@@ -21,9 +21,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from rcca.data.annotations import VideoRecord
-from rcca.data.decoding import DecodeError, read_frames
+from rcca.data.decoding import DecodeError, read_frames, resolve_backend
 
 IndexSampler = Callable[[int, np.random.Generator], list[int]]
+
+MAX_ATTEMPTS = 10  # training: videos tried in a row for one sample (the first, then replacements) before giving up
+TORCH_SEED_BOUND = 2**62  # each sample seeds torch's RNG (for the transforms) with a draw from [0, TORCH_SEED_BOUND)
 
 
 class VideoDataset(Dataset):
@@ -32,7 +35,8 @@ class VideoDataset(Dataset):
     Args:
         root: folder the record paths are relative to.
         records: the videos and their labels.
-        backend: decord, pyav or frames (see `rcca.data.decoding`).
+        backend: decord, pyav or frames (see `rcca.data.decoding`); decord becomes pyav where
+            it cannot be imported, decided here, once, before any worker process starts.
         choose_indices: (number of frames in the video, rng) -> frame indices to read;
             clips_per_video clips of equal length, concatenated.
         transform: one clip T x C x H x W uint8 -> C x T x H x W float (training) or
@@ -59,7 +63,7 @@ class VideoDataset(Dataset):
     ) -> None:
         self.root = Path(root)
         self.records = records
-        self.backend = backend
+        self.backend = resolve_backend(backend)
         self.choose_indices = choose_indices
         self.transform = transform
         self.clips_per_video = clips_per_video
@@ -73,7 +77,7 @@ class VideoDataset(Dataset):
         record = self.records[index]
         frames = read_frames(self.root / record.path, lambda n: self.choose_indices(n, rng), self.backend)
         with torch.random.fork_rng(devices=[]):  # the transforms draw from torch's RNG: seed it, then restore
-            torch.manual_seed(int(rng.integers(2**62)))
+            torch.manual_seed(int(rng.integers(TORCH_SEED_BOUND)))
             views = [self.transform(clip) for clip in frames.chunk(self.clips_per_video)]
         return views[0] if len(views) == 1 else torch.cat(views)  # testing: V x C x T x H x W each
 
@@ -82,7 +86,7 @@ class VideoDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         rng = np.random.default_rng([self.seed, epoch, index])
         failed = reason = ""
-        for _ in range(10):
+        for _ in range(MAX_ATTEMPTS):
             try:
                 clip = self._load(index, rng)
                 return {"clip": clip, "label": self.records[index].label, "index": index, "ok": True,
@@ -93,7 +97,8 @@ class VideoDataset(Dataset):
                     break
                 index = int(rng.integers(len(self.records)))
         if self.replace_failed:
-            raise DecodeError(f"10 videos in a row failed to decode under {self.root}: check dataset.root and dataset.backend")
+            raise DecodeError(f"{MAX_ATTEMPTS} videos in a row failed to decode under {self.root}: "
+                              "check dataset.root and dataset.backend")
         return {"clip": self._placeholder(), "label": self.records[index].label, "index": index, "ok": False,
                 "failed": failed, "reason": reason}
 
@@ -107,5 +112,6 @@ class VideoDataset(Dataset):
                 except DecodeError:
                     continue
             else:
-                raise DecodeError(f"no video under {self.root} could be decoded: check dataset.root and dataset.backend")
+                raise DecodeError(f"no video under {self.root} could be decoded: "
+                                  "check dataset.root and dataset.backend")
         return torch.zeros(self._view_shape)

@@ -6,10 +6,15 @@ them as a uint8 tensor T x C x H x W (RGB), in the order asked (indices may repe
 A file that cannot be read raises `DecodeError`, whose one-line message names the readers
 tried and why each failed; what the decoders' native code prints about it goes to the log
 at DEBUG level, not to the terminal.
+
+decord is optional: it has no wheels for ARM or the newest Pythons. Backend "decord" reads
+with PyAV where `import decord` fails (`resolve_backend`), and says so in one warning per
+process; backends "pyav" and "frames" never import it.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -24,7 +29,8 @@ from torch import Tensor
 
 log = logging.getLogger(__name__)
 
-READERS = {"decord": "decord, then PyAV", "pyav": "PyAV", "frames": "torchvision (JPEG frames)"}  # backend: readers tried, in order
+# backend: the readers it tries, in order
+READERS = {"decord": "decord, then PyAV", "pyav": "PyAV", "frames": "torchvision (JPEG frames)"}
 BACKENDS = tuple(READERS)
 FRAME_TEMPLATE = "img_{:05d}.jpg"  # TSM's extracted-frame naming, 1-based
 
@@ -71,7 +77,8 @@ def read_frames_decord(path: Path, choose_indices: IndexChooser) -> Tensor:
     except DecodeError:
         raise
     except (decord.DECORDError, RuntimeError, AssertionError) as error:  # decord raises all three on bad files
-        raise DecodeError(f"{path}: decord failed: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DecodeError(f"{path}: decord failed: {reason}") from None
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
 
@@ -107,23 +114,50 @@ def read_frames_folder(path: Path, choose_indices: IndexChooser) -> Tensor:
     return torch.stack(images)
 
 
+@functools.cache
+def decord_available() -> bool:
+    """Whether `import decord` works in this process; the first time it does not, log one warning.
+
+    Cached, so the warning appears once per process whatever the number of videos read; a
+    DataLoader worker forked after the first call inherits the answer and does not warn again.
+    """
+    try:
+        import decord  # noqa: F401
+    except (ImportError, OSError) as error:  # OSError: the package is there but its native library does not load
+        log.warning("decord cannot be imported (%s): dataset.backend=decord reads the videos with PyAV instead; "
+                    "set dataset.backend=pyav to silence this", error)
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend that will read the videos: `backend`, but "pyav" for "decord" when decord
+    cannot be imported (see `decord_available`). ValueError for an unknown backend.
+
+    E.g. "frames" -> "frames"; "decord" -> "decord", or "pyav" on a machine without decord.
+    Resolve it once in the main process (as `VideoDataset` does), so that worker processes,
+    forked or spawned, never try decord.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
+    return "pyav" if backend == "decord" and not decord_available() else backend
+
+
 def read_frames(path: Path, choose_indices: IndexChooser, backend: str = "decord") -> Tensor:
-    """Read the chosen frames with `backend`; decord falls back to PyAV on a file it cannot read.
+    """Read the chosen frames with `backend`; decord falls back to PyAV on a file it cannot read,
+    and is replaced by PyAV where it cannot be imported (`resolve_backend`).
 
     Returns T x C x H x W uint8. Raises DecodeError when no backend can read the file, with
     each reader's error: "<path>: decord failed: ...; then PyAV failed: ...".
     """
+    backend = resolve_backend(backend)
     if backend == "frames":
         return read_frames_folder(path, choose_indices)
     if backend == "pyav":
         return read_frames_pyav(path, choose_indices)
-    if backend != "decord":
-        raise ValueError(f"dataset.backend={backend!r}: choose one of {', '.join(BACKENDS)}")
     try:
         return read_frames_decord(path, choose_indices)
-    except ImportError:
-        return read_frames_pyav(path, choose_indices)
-    except DecodeError as decord_error:  # decord misreads some files PyAV handles (e.g. widths that are not a multiple of 16)
+    except DecodeError as decord_error:  # decord misreads some files PyAV reads (e.g. widths not a multiple of 16)
         try:
             return read_frames_pyav(path, choose_indices)
         except DecodeError as pyav_error:

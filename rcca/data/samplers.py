@@ -7,6 +7,10 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+# Shuffle seed of an epoch: seed * SEED_STRIDE + epoch. Above any epoch count, so distinct (seed, epoch)
+# pairs get distinct orders (with seed + epoch, seed 1 epoch 0 would replay seed 0 epoch 1).
+SEED_STRIDE = 100_003
+
 
 class EpochSampler(Sampler[tuple[int, int]]):
     """Yields (epoch, index) pairs: this process's share of one epoch's order.
@@ -33,7 +37,7 @@ class EpochSampler(Sampler[tuple[int, int]]):
 
     def _order(self) -> list[int]:
         if self.shuffle:
-            generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            generator = torch.Generator().manual_seed(self.seed * SEED_STRIDE + self.epoch)
             order = torch.randperm(self.size, generator=generator).tolist()
         else:
             order = list(range(self.size))

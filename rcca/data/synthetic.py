@@ -48,9 +48,9 @@ from typing import Any
 
 import av
 import numpy as np
-from tqdm import tqdm
 
 from rcca.errors import UserError
+from rcca.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +60,14 @@ CLASSES = [f"{axis}_{motion}" for axis in AXES for motion in MOTIONS]
 # Direction (+1 towards larger coordinates) of the first and second square for each motion.
 DIRECTIONS = {"approach": (1, -1), "separate": (-1, 1), "forward": (1, 1), "backward": (-1, -1)}
 SQUARE = 8  # side of a square in pixels
+MARGIN = 3  # least pixels between a square and the frame's edge or the middle of the frame
+BACKGROUND_LEVELS = 60  # background noise takes grey levels 0 .. BACKGROUND_LEVELS - 1, darker than any square
+TRAVEL = (0.45, 0.65)  # a square moves a uniform draw in this range times the room it has in its half
+# RGB colours the two squares of a video are drawn from (without replacement): red, green, blue, yellow
+COLOURS = np.array([[230, 60, 60], [60, 230, 60], [80, 120, 255], [240, 220, 60]])
+FPS = 12  # frame rate written into the videos
+BIT_RATE = 2_000_000  # MPEG-4 bits per second: high enough that coding barely moves the squares' edges
+PROGRESS_EVERY_S = 5.0  # without a progress bar: the least seconds between two progress lines in the log
 MARKER = ".rcca-synthetic"  # JSON naming GENERATOR and FORMAT: in the cache root and in every set folder
 GENERATOR = "rcca.data.synthetic"
 FORMAT = 2  # version of the cache layout, part of every set's name (1: one unkeyed folder, empty marker)
@@ -82,15 +90,15 @@ def render_video(label: int, spec: SyntheticSpec, rng: np.random.Generator) -> n
     axis, motion = divmod(label, len(MOTIONS))
     size, frames = spec.size, spec.frames
     half = size // 2
-    background = rng.integers(0, 60, size=(size, size, 3), dtype=np.uint8)
-    travel = rng.uniform(0.45, 0.65) * (half - SQUARE - 6)  # pixels moved over the whole clip
-    colours = rng.permutation(np.array([[230, 60, 60], [60, 230, 60], [80, 120, 255], [240, 220, 60]]))[:2]
+    background = rng.integers(0, BACKGROUND_LEVELS, size=(size, size, 3), dtype=np.uint8)
+    travel = rng.uniform(*TRAVEL) * (half - SQUARE - 2 * MARGIN)  # pixels moved over the whole clip
+    colours = rng.permutation(COLOURS)[:2]
     starts, across = [], []
     for square, direction in enumerate(DIRECTIONS[MOTIONS[motion]]):
-        low = square * half + 3 + (travel if direction < 0 else 0)
-        high = square * half + half - SQUARE - 3 - (travel if direction > 0 else 0)
+        low = square * half + MARGIN + (travel if direction < 0 else 0)
+        high = square * half + half - SQUARE - MARGIN - (travel if direction > 0 else 0)
         starts.append(rng.uniform(low, high))
-        across.append(rng.integers(3, size - SQUARE - 3))
+        across.append(rng.integers(MARGIN, size - SQUARE - MARGIN))
     video = np.repeat(background[None], frames, axis=0)
     for f in range(frames):
         progress = f / max(1, frames - 1)
@@ -101,14 +109,14 @@ def render_video(label: int, spec: SyntheticSpec, rng: np.random.Generator) -> n
     return video
 
 
-def write_video(path: Path, frames: np.ndarray, fps: int = 12) -> None:
+def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
     """Encode frames (T x H x W x 3 uint8) to an MPEG-4 file with PyAV."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with av.open(str(path), mode="w") as container:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.bit_rate = 2_000_000
+        stream.bit_rate = BIT_RATE
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -220,7 +228,8 @@ def _remove_unfinished_sets(root: Path) -> None:
 
 
 def _generate(folder: Path, spec: SyntheticSpec, progress: bool) -> list[str]:
-    """Write the videos and the train/test/classes lists of `spec` into `folder`.
+    """Write the videos and the train/test/classes lists of `spec` into `folder`, with a progress
+    bar when `progress`, else plain progress lines in the log (see `rcca.progress.track`).
 
     Returns the paths written, relative to `folder`: videos/<class>/<split>_<n>.mp4 (train
     then test, labels cycling through CLASSES so classes are balanced), then the lists.
@@ -229,7 +238,9 @@ def _generate(folder: Path, spec: SyntheticSpec, progress: bool) -> list[str]:
     lists: dict[str, list[str]] = {"train": [], "test": []}
     written = []
     jobs = [("train", i) for i in range(spec.num_train)] + [("test", i) for i in range(spec.num_test)]
-    for split, i in tqdm(jobs, desc="generating synthetic videos", disable=not progress, unit="video"):
+    videos = track(jobs, total=len(jobs), desc="generating synthetic videos", bars=progress, unit="video",
+                   log_every_s=PROGRESS_EVERY_S)
+    for split, i in videos:
         label = i % len(CLASSES)
         relative = f"videos/{CLASSES[label]}/{split}_{i:05d}.mp4"
         write_video(folder / relative, render_video(label, spec, rng))
@@ -251,6 +262,9 @@ def ensure_synthetic_dataset(root: Path, spec: SyntheticSpec, progress: bool = T
     made it; else remove the leftovers of generations that died, write the set into
     root/.<name>.tmp-<pid>-<random>/ (its marker first, saying "in progress"), mark it
     complete and rename it to root/<name>/. See the module docstring for the layout.
+    `progress`: draw a progress bar while generating (the caller decides, e.g. on a terminal);
+    otherwise the progress goes to the log as a plain line every PROGRESS_EVERY_S seconds,
+    with the count and the time left, and a final line.
 
     Raises UserError (one line, nothing written or deleted) if `root` is neither missing, nor
     empty, nor a cache root this generator marked, or if root/<name>/ exists without a

@@ -2,17 +2,28 @@
 
 Clip convention: a clip is a ``torch.uint8`` tensor ``T x C x H x W`` (``C = 3``,
 RGB) until :class:`Normalize`, after which it is ``float32``. Multi-view
-clips add a leading view dimension ``V``.
+clips add a leading view dimension ``V``. The pipelines end with
+:class:`ToCTHW`, the model's ``C x T x H x W`` layout.
+
+Which steps are torchvision's: where ``torchvision.transforms.v2`` does the
+same job on a clip tensor, the pipelines use its transform as is
+(``RandomHorizontalFlip``; ``Resize`` of the short side, bilinear and
+antialiased) or wrapped with what it lacks (:class:`CenterCrop` refuses a
+crop larger than the frames, where v2 pads; :class:`Normalize` takes ``uint8``
+and scales it first, where v2's expects floats). :class:`MultiScaleCrop`
+(TSM's crop grid), :class:`MultiViewCrop` (1, 3 or 10 test views, stacked)
+and :class:`ToCTHW` have no v2 equivalent; their pixel work is done by
+``torchvision.transforms.v2.functional``.
+
+Every step prints as ``Name(arg=value, ...)`` and the pipelines are v2
+``Compose`` objects, so ``repr(pipeline)`` lists the steps one per line.
 
 Randomness: every random transform draws its parameters ONCE per call and
-applies them to all frames of the clip. Draws use the ``torch.Generator``
-given to the constructor, or torch's global RNG when none is given. The
-global RNG is seeded by ``torch.manual_seed`` and, inside ``DataLoader``
-workers, per worker by PyTorch itself. An explicit generator is copied into
-every worker with the same state, so the builders leave it unset.
-
-Pixel work (crop, resize, flip, normalise) is delegated to
-``torchvision.transforms.v2.functional``.
+applies them to all frames of the clip. Draws use torch's global RNG, seeded
+by ``torch.manual_seed`` (per sample by the dataset); :class:`MultiScaleCrop`
+alone can be given its own ``torch.Generator`` instead. An explicit generator
+is copied into every DataLoader worker with the same state, so the builders
+leave it unset.
 """
 
 from __future__ import annotations
@@ -20,13 +31,25 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-from torchvision.transforms.v2 import Compose
+from torchvision.transforms import InterpolationMode, v2
 from torchvision.transforms.v2 import functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # per-channel RGB mean of ImageNet, in [0, 1]
+IMAGENET_STD = (0.229, 0.224, 0.225)  # per-channel RGB standard deviation of ImageNet, in [0, 1]
 
-MULTI_VIEW_CROPS = (1, 3, 10)
+MULTI_VIEW_CROPS = (1, 3, 10)  # the test-time crop counts MultiViewCrop offers
+TSM_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSM's crop sides, as fractions of the short side
+GRID_STEPS = 4  # fixed crop positions split the free space (frame side - crop side) of each axis into 4 steps
+# Fixed crop positions, (row, col) in those steps: the 4 corners and the centre ...
+CORNERS_AND_CENTRE = ((0, 0), (0, 4), (4, 0), (4, 4), (2, 2))
+# ... and, with more_fix_crop, upper/lower centre, centre left/right and the 4 quarter positions.
+MORE_POSITIONS = ((0, 2), (4, 2), (2, 0), (2, 4), (1, 1), (1, 3), (3, 1), (3, 3))
+FLIP_PROBABILITY = 0.5  # chance that a training clip is mirrored left-right
+
+
+def _describe(name: str, **fields: object) -> str:
+    """mmaction2-style one-line repr: ``_describe("Crop", size=8)`` -> ``"Crop(size=8)"``."""
+    return f"{name}({', '.join(f'{key}={value!r}' for key, value in fields.items())})"
 
 
 def _randint(high: int, generator: torch.Generator | None) -> int:
@@ -52,15 +75,19 @@ class MultiScaleCrop:
     corners and the centre, plus, with ``more_fix_crop``, upper/lower centre,
     centre left/right and the 4 quarter positions; without ``fix_crop`` it is
     uniform over all valid positions. The crop is then resized (bilinear,
-    antialiased) to ``size x size``.
+    antialiased) to ``size x size``. torchvision's ``RandomResizedCrop`` draws
+    an area and an aspect ratio instead, hence this class.
 
     Takes ``T x C x H x W``, returns ``T x C x size x size`` (same dtype).
+    E.g. 120 x 160 frames, default scales: sides 120, 105, 90 and 79; a 90 x 105
+    (h x w) crop has steps (30 // 4, 55 // 4) = (7, 13), so its top is one of
+    0, 7, 14, 21, 28 and its left one of 0, 13, 26, 39, 52.
     """
 
     def __init__(
         self,
         size: int,
-        scales: Sequence[float] = (1, 0.875, 0.75, 0.66),
+        scales: Sequence[float] = TSM_SCALES,
         max_distort: int = 1,
         fix_crop: bool = True,
         more_fix_crop: bool = True,
@@ -69,7 +96,7 @@ class MultiScaleCrop:
         if not all(0 < scale <= 1 for scale in scales):
             raise ValueError(f"scales must lie in (0, 1], got {tuple(scales)}")
         self.size = size
-        self.scales = tuple(scales)
+        self.scales = tuple(float(scale) for scale in scales)
         self.max_distort = max_distort
         self.fix_crop = fix_crop
         self.more_fix_crop = more_fix_crop
@@ -85,15 +112,11 @@ class MultiScaleCrop:
             if abs(i - j) <= self.max_distort
         ]
 
-    def fixed_offsets(
-        self, height: int, width: int, crop_h: int, crop_w: int
-    ) -> list[tuple[int, int]]:
+    def fixed_offsets(self, height: int, width: int, crop_h: int, crop_w: int) -> list[tuple[int, int]]:
         """Allowed ``(top, left)`` positions of a ``crop_h x crop_w`` crop when ``fix_crop``."""
-        step_y = (height - crop_h) // 4
-        step_x = (width - crop_w) // 4
-        grid = [(0, 0), (0, 4), (4, 0), (4, 4), (2, 2)]
-        if self.more_fix_crop:
-            grid += [(0, 2), (4, 2), (2, 0), (2, 4), (1, 1), (1, 3), (3, 1), (3, 3)]
+        step_y = (height - crop_h) // GRID_STEPS
+        step_x = (width - crop_w) // GRID_STEPS
+        grid = CORNERS_AND_CENTRE + (MORE_POSITIONS if self.more_fix_crop else ())
         return [(row * step_y, col * step_x) for row, col in grid]
 
     def sample_crop(self, height: int, width: int) -> tuple[int, int, int, int]:
@@ -111,51 +134,33 @@ class MultiScaleCrop:
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         top, left, crop_h, crop_w = self.sample_crop(*clip.shape[-2:])
         cropped = F.crop(clip, top, left, crop_h, crop_w)
-        return F.resize(cropped, [self.size, self.size], antialias=True)
+        return F.resize(cropped, [self.size, self.size], interpolation=InterpolationMode.BILINEAR, antialias=True)
 
-
-class RandomHorizontalFlip:
-    """Flip the whole clip left-right with probability ``p`` (one draw per clip).
-
-    Takes ``... x H x W``, returns the same shape and dtype.
-    """
-
-    def __init__(self, p: float = 0.5, generator: torch.Generator | None = None) -> None:
-        self.p = p
-        self.generator = generator
-
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        if torch.rand(1, generator=self.generator).item() < self.p:
-            return F.hflip(clip)
-        return clip
-
-
-class ResizeShortSide:
-    """Resize so that the short side equals ``size``, keeping the aspect ratio.
-
-    Bilinear with antialiasing. Takes ``T x C x H x W``, returns
-    ``T x C x H' x W'`` with ``min(H', W') == size``.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
-        return F.resize(clip, self.size, antialias=True)
+    def __repr__(self) -> str:
+        return _describe(
+            type(self).__name__, size=self.size, scales=self.scales, max_distort=self.max_distort,
+            fix_crop=self.fix_crop, more_fix_crop=self.more_fix_crop,
+        )
 
 
 class CenterCrop:
-    """Central ``size x size`` crop of every frame.
+    """Central ``size x size`` crop of every frame: v2's ``CenterCrop``, refusing a crop that does not fit.
 
-    Takes ``T x C x H x W`` with ``H, W >= size``, returns ``T x C x size x size``.
+    v2 pads frames smaller than the crop with zeros; here that is a ``ValueError``,
+    as a test crop larger than the resized frames is a configuration mistake.
+    Takes ``... x H x W`` with ``H, W >= size``, returns ``... x size x size``.
     """
 
     def __init__(self, size: int) -> None:
         self.size = size
+        self._crop = v2.CenterCrop(size)
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         _check_fits(clip, self.size)
-        return F.center_crop(clip, [self.size, self.size])
+        return self._crop(clip)
+
+    def __repr__(self) -> str:
+        return _describe(type(self).__name__, size=self.size)
 
 
 class MultiViewCrop:
@@ -164,7 +169,8 @@ class MultiViewCrop:
     ``num_crops`` = 1: the centre crop. 3: start, centre and end along the long
     side, centred on the short side. 10: the 4 corner crops and the centre crop
     (top-left, top-right, bottom-left, bottom-right, centre) followed by their
-    horizontal flips in the same order.
+    horizontal flips in the same order (v2's ``TenCrop`` flips the frame
+    before cropping, which pairs each corner with the mirror of the opposite one).
 
     Takes ``T x C x H x W`` with ``H, W >= size``, returns
     ``V x T x C x size x size`` with ``V = num_crops``.
@@ -175,6 +181,7 @@ class MultiViewCrop:
             raise ValueError(f"num_crops must be one of {MULTI_VIEW_CROPS}, got {num_crops}")
         self.size = size
         self.num_crops = num_crops
+        self._centre = CenterCrop(size)
 
     def _three_crops(self, clip: torch.Tensor) -> list[torch.Tensor]:
         """Start, centre and end ``size x size`` crops along the long side."""
@@ -190,7 +197,7 @@ class MultiViewCrop:
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         _check_fits(clip, self.size)
         if self.num_crops == 1:
-            views = [F.center_crop(clip, [self.size, self.size])]
+            views = [self._centre(clip)]
         elif self.num_crops == 3:
             views = self._three_crops(clip)
         else:
@@ -198,26 +205,32 @@ class MultiViewCrop:
             views = five + [F.hflip(view) for view in five]
         return torch.stack(views)
 
+    def __repr__(self) -> str:
+        return _describe(type(self).__name__, size=self.size, num_crops=self.num_crops)
+
 
 class Normalize:
-    """Scale ``uint8`` values to ``[0, 1]`` and normalise per channel.
+    """Scale ``uint8`` values to ``[0, 1]`` and normalise per channel, with v2's ``ToDtype`` and ``Normalize``.
 
-    Takes ``... x C x H x W`` ``uint8`` (e.g. ``T x C x H x W`` or
-    ``V x T x C x H x W``), returns the same shape as ``float32``
-    ``(x / 255 - mean) / std``.
+    v2's ``Normalize`` alone expects floats already in ``[0, 1]``; this step owns the
+    conversion, and rejects a clip that is not ``uint8`` rather than normalising
+    values of an unknown range. Takes ``... x C x H x W`` ``uint8`` (e.g.
+    ``T x C x H x W`` or ``V x T x C x H x W``), returns the same shape as
+    ``float32`` ``(x / 255 - mean) / std``.
     """
 
-    def __init__(
-        self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD
-    ) -> None:
-        self.mean = list(mean)
-        self.std = list(std)
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+        self._steps = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(self.mean, self.std)])
 
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         if clip.dtype != torch.uint8:
             raise TypeError(f"Normalize expects a uint8 clip, got {clip.dtype}")
-        scaled = F.to_dtype(clip, torch.float32, scale=True)
-        return F.normalize(scaled, self.mean, self.std)
+        return self._steps(clip)
+
+    def __repr__(self) -> str:
+        return _describe(type(self).__name__, mean=self.mean, std=self.std)
 
 
 class ToCTHW:
@@ -230,33 +243,35 @@ class ToCTHW:
     def __call__(self, clip: torch.Tensor) -> torch.Tensor:
         return clip.transpose(-4, -3).contiguous()
 
+    def __repr__(self) -> str:
+        return _describe(type(self).__name__)
 
-def build_train_transform(
-    crop_size: int, scales: Sequence[float], flip: bool
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Training pipeline: MultiScaleCrop -> (RandomHorizontalFlip) -> Normalize -> ToCTHW.
+
+def build_train_transform(crop_size: int, scales: Sequence[float], flip: bool) -> v2.Compose:
+    """Training pipeline: MultiScaleCrop -> (v2 RandomHorizontalFlip) -> Normalize -> ToCTHW.
 
     Takes a ``uint8`` ``T x C x H x W`` clip, returns ``float32``
-    ``C x T x crop_size x crop_size``.
+    ``C x T x crop_size x crop_size``. ``repr`` of the result lists the steps.
     """
     steps: list[Callable[[torch.Tensor], torch.Tensor]] = [MultiScaleCrop(crop_size, scales)]
     if flip:
-        steps.append(RandomHorizontalFlip())
+        steps.append(v2.RandomHorizontalFlip(p=FLIP_PROBABILITY))
     steps += [Normalize(), ToCTHW()]
-    return Compose(steps)
+    return v2.Compose(steps)
 
 
-def build_test_transform(
-    resize_short: int, crop_size: int, num_crops: int
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Testing pipeline: ResizeShortSide -> MultiViewCrop -> Normalize -> ToCTHW.
+def build_test_transform(resize_short: int, crop_size: int, num_crops: int) -> v2.Compose:
+    """Testing pipeline: v2 Resize (short side) -> MultiViewCrop -> Normalize -> ToCTHW.
 
+    The resize keeps the aspect ratio: the short side becomes ``resize_short``,
+    the long one ``int(resize_short * long / short)`` (bilinear, antialiased).
     Takes a ``uint8`` ``T x C x H x W`` clip, returns ``float32``
-    ``V x C x T x crop_size x crop_size`` with ``V = num_crops``.
+    ``V x C x T x crop_size x crop_size`` with ``V = num_crops``. ``repr`` of
+    the result lists the steps.
     """
-    return Compose(
+    return v2.Compose(
         [
-            ResizeShortSide(resize_short),
+            v2.Resize(resize_short, interpolation=InterpolationMode.BILINEAR, antialias=True),
             MultiViewCrop(crop_size, num_crops),
             Normalize(),
             ToCTHW(),

@@ -1,10 +1,12 @@
-"""Checkpoint files: the one reader (weights-only, never runs pickled code) and the one atomic writer.
+"""Checkpoint files: the one reader (weights-only, never runs pickled code), the one atomic writer, and the
+layout of the checkpoints that rcca's trainer writes (`RunCheckpoint`, the one place that knows their keys).
 
-A checkpoint written by rcca is a dict of plain values and tensors:
-`model` (state dict), `config` (the resolved run config as a plain dict), `classes`, `epoch`,
-`batches_in_epoch`, `step`, `validated` (whether epoch `epoch`'s validation is done), and, for
-resuming, `optimizer`, `scheduler`, `scaler`, `rng` and `best_top1`. The RNG states are stored
-as ints, tuples and tensors, so reading one needs nothing but `torch.load(weights_only=True)`.
+A run checkpoint is a dict of plain values and tensors:
+`model` (state dict), `config` (the resolved run config as a plain dict), `classes`, and, for
+resuming, `optimizer`, `scheduler`, `scaler`, `rng`, the position `epoch`, `batches_in_epoch`,
+`step`, `best_top1`, `validated` (whether epoch `epoch`'s validation is done), `config_history`
+and `failed_train`. The RNG states are stored as ints, tuples and tensors, so reading one needs
+nothing but `torch.load(weights_only=True)`.
 
 Released checkpoints (official TSM, MF-Net) and files of earlier rcca versions may also hold
 NumPy arrays and scalars; those few data-only NumPy types are the only globals allowed. A file
@@ -19,6 +21,7 @@ import pickle
 import random
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -78,26 +81,149 @@ def read_checkpoint(path: str | Path, key: str) -> dict:
     return dict(checkpoint)
 
 
-def run_config_of(checkpoint: Mapping, path: str | Path, key: str) -> dict:
-    """The resolved run config stored in an rcca checkpoint; UserError when the file has none."""
-    config = checkpoint.get("config")
-    if not isinstance(config, Mapping) or "model" not in checkpoint:
-        raise UserError(
-            f"{key}={path} was not written by rcca's trainer (no run config or weights inside); "
-            "evaluate a last.pt or best.pt of a training run"
-        )
-    return dict(config)
-
-
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write `state` to `path` atomically (see `rcca.engine.files.write_atomically`).
 
     A kill or a full disk never leaves a partial file and never touches the previous `path`;
     running out of space raises UserError naming the folder and the bytes needed.
+
+    Args:
+        state: a dict of plain values and tensors.
+        path: the file.
     """
     buffer = io.BytesIO()
     torch.save(state, buffer)
     write_atomically(Path(path), buffer.getbuffer())
+
+
+@dataclass
+class TrainingPosition:
+    """Where training stands.
+
+    Attributes:
+        epoch: epochs done.
+        batches_in_epoch: micro-batches done in the current epoch.
+        step: optimizer updates done.
+        best_top1: the best validation top-1 so far (-1 before any validation).
+        validated: whether the end-of-epoch work of epoch `epoch` (validation when due, best.pt) is done.
+    """
+
+    epoch: int = 0
+    batches_in_epoch: int = 0
+    step: int = 0
+    best_top1: float = -1.0
+    validated: bool = True
+
+
+@dataclass
+class TrainingState:
+    """What continuing a run needs besides its weights.
+
+    Attributes:
+        optimizer: the optimizer's state dict.
+        scheduler: the LR scheduler's state dict.
+        scaler: the gradient scaler's state dict (empty when the run was not fp16).
+        position: where training stands.
+        rng: the RNG states (`rng_state`).
+        config_history: settings changed on resume: [{"step", "epoch", "changes": {key: [old, new]}}].
+        failed_train: undecodable training videos seen so far: {path: reason}.
+    """
+
+    optimizer: dict
+    scheduler: dict
+    scaler: dict
+    position: TrainingPosition
+    rng: dict
+    config_history: list[dict] = field(default_factory=list)
+    failed_train: dict[str, str] = field(default_factory=dict)
+
+
+# On-disk keys of a run checkpoint without which it cannot be continued (the others have defaults).
+_TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "batches_in_epoch", "step", "best_top1")
+
+
+@dataclass
+class RunCheckpoint:
+    """A checkpoint written by rcca's trainer (last.pt, best.pt).
+
+    Attributes:
+        model: the bare model's state dict.
+        config: the resolved run config, as a plain dict.
+        classes: the class names in label order (None in files of early rcca versions).
+        training: what continuing the run needs (None in a file that holds only weights and config).
+    """
+
+    model: dict
+    config: dict
+    classes: list[str] | None
+    training: TrainingState | None = None
+
+    def to_dict(self) -> dict:
+        """The on-disk form: one flat dict of plain values and tensors (see the module's docstring)."""
+        data = {"model": self.model, "config": self.config, "classes": self.classes}
+        state = self.training
+        if state is not None:
+            data.update(
+                optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler, rng=state.rng,
+                epoch=state.position.epoch, batches_in_epoch=state.position.batches_in_epoch, step=state.position.step,
+                best_top1=state.position.best_top1, validated=state.position.validated,
+                config_history=state.config_history, failed_train=state.failed_train,
+            )
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping, where: str) -> RunCheckpoint:
+        """Read the on-disk form, of this or an earlier rcca version.
+
+        Args:
+            data: a checkpoint file's top-level dict (`read_checkpoint`).
+            where: how the user named the file (`resume=<path>`), for the error.
+
+        Returns:
+            The checkpoint; `training` is None when the file holds no training state.
+
+        Raises:
+            UserError: one line, when the file has no run config or no weights (not an rcca run checkpoint).
+        """
+        if not isinstance(data.get("config"), Mapping) or "model" not in data:
+            raise UserError(
+                f"{where} was not written by rcca's trainer (no run config or weights inside); "
+                "evaluate a last.pt or best.pt of a training run"
+            )
+        training = None
+        if all(key in data for key in _TRAINING_KEYS):
+            position = TrainingPosition(
+                data["epoch"], data["batches_in_epoch"], data["step"], data["best_top1"], data.get("validated", True)
+            )
+            training = TrainingState(
+                data["optimizer"], data["scheduler"], data["scaler"], position, data["rng"],
+                list(data.get("config_history", [])), dict(data.get("failed_train", {})),
+            )
+        return cls(data["model"], dict(data["config"]), data.get("classes"), training)
+
+    def save(self, path: Path) -> None:
+        """Write the checkpoint to `path` atomically (`save_checkpoint`).
+
+        Args:
+            path: the file (last.pt, best.pt).
+        """
+        save_checkpoint(self.to_dict(), path)
+
+
+def read_run_checkpoint(path: str | Path, key: str) -> RunCheckpoint:
+    """Read a checkpoint written by rcca's trainer, without executing anything it contains.
+
+    Args:
+        path: the file.
+        key: the config key that named it (`resume`, `ckpt`), used in errors.
+
+    Returns:
+        The checkpoint.
+
+    Raises:
+        UserError: one line, for a file that cannot be read safely (`read_checkpoint`) or is not a run checkpoint.
+    """
+    return RunCheckpoint.from_dict(read_checkpoint(path, key), f"{key}={path}")
 
 
 def _first_line(error: BaseException) -> str:

@@ -2,47 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from rcca.engine.distributed import gather_concat, gather_lists
-
-
-def topk_correct(scores: Tensor, labels: Tensor, k: int) -> Tensor:
-    """Boolean N: is the label among the k highest scores (N x K scores, N labels)."""
-    k = min(k, scores.shape[1])
-    return (scores.topk(k, dim=1).indices == labels[:, None]).any(dim=1)
-
-
-def video_metrics(scores: Tensor, labels: Tensor, class_names: list[str]) -> dict:
-    """Top-1, top-5, mean class accuracy, per-class accuracy and confusion matrix.
-
-    Args:
-        scores: N x K video scores (mean of clip probabilities).
-        labels: N true labels.
-        class_names: K names, for the per-class table.
-    Accuracies are percentages; a class with no test video gets None.
-    """
-    num_classes = len(class_names)
-    predictions = scores.argmax(dim=1)
-    confusion = torch.bincount(labels * num_classes + predictions, minlength=num_classes**2).view(num_classes, num_classes)
-    per_class_total = confusion.sum(dim=1)
-    per_class = [
-        100.0 * confusion[c, c].item() / per_class_total[c].item() if per_class_total[c] > 0 else None
-        for c in range(num_classes)
-    ]
-    present = [a for a in per_class if a is not None]
-    return {
-        "top1": 100.0 * topk_correct(scores, labels, 1).float().mean().item() if len(labels) else 0.0,
-        "top5": 100.0 * topk_correct(scores, labels, 5).float().mean().item() if len(labels) else 0.0,
-        "mean_class_accuracy": sum(present) / len(present) if present else 0.0,
-        "num_videos": len(labels),
-        "per_class_accuracy": dict(zip(class_names, per_class)),
-        "confusion_matrix": confusion.tolist(),
-    }
+from rcca.progress import track
 
 
 @torch.no_grad()
@@ -51,20 +17,31 @@ def predict_videos(
     batches: Iterable[dict],
     device: torch.device,
     view_chunk: int = 16,
-    progress: bool = False,
+    progress_bars: bool = False,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, list[int], dict[str, str]]:
     """Score every video of the loader, on every process, and gather the results.
 
-    Each batch holds `clip` N x V x C x T x H x W (V views), `label`, `index`, `ok`, and for
-    undecodable videos `failed` (path) and `reason`. Views are pushed through the model
-    `view_chunk` at a time, so 10 clips x 10 crops fit.
-    Returns (scores M x K, labels M, dataset indices M, {undecodable video: reason}); each video is
-    counted once even when a distributed sampler padded the dataset with repeats.
+    Each video's score is the mean of its views' softmax probabilities. A data loader that fails
+    (`rcca.errors.DataLoadingFailed`) stops the evaluation with that error.
+
+    Args:
+        model: what runs the forward pass (the model, or its DDP / torch.compile wrapper).
+        batches: this process's share of the videos. Each batch holds `clip` N x V x C x T x H x W
+            (V views), `label`, `index`, `ok`, and for undecodable videos `failed` (path) and `reason`.
+        device: where the model is.
+        view_chunk: views pushed through the model at a time, so that 10 clips x 10 crops fit.
+        progress_bars: draw a progress bar (else a plain log line now and then, see `rcca.progress.track`).
+        autocast_dtype: the mixed-precision dtype (None: float32).
+
+    Returns:
+        (scores M x K, labels M, dataset indices M in increasing order, {undecodable video: reason}), over all
+        processes; each video is counted once even when a distributed sampler padded the dataset with repeats.
     """
     model.eval()
     all_scores, all_labels, all_indices, failed = [], [], [], []
-    for batch in tqdm(batches, desc="evaluating", disable=not progress, leave=False, unit="batch"):
+    total = len(batches) if isinstance(batches, Sized) else None
+    for batch in track(batches, total=total, desc="evaluating", bars=progress_bars):
         ok = batch["ok"]
         failed += [(p, why) for p, why, good in zip(batch["failed"], batch["reason"], ok.tolist()) if not good]
         clips = batch["clip"][ok]
@@ -90,7 +67,14 @@ def predict_videos(
 
 
 def _first_occurrence(indices: Tensor) -> tuple[Tensor, Tensor]:
-    """Sorted unique values of `indices` and the position of each one's first occurrence."""
+    """Sorted unique values of `indices` and the position of each one's first occurrence.
+
+    Args:
+        indices: a 1-D integer tensor.
+
+    Returns:
+        (unique values in increasing order, the position in `indices` where each first occurs).
+    """
     unique, inverse = torch.unique(indices, sorted=True, return_inverse=True)
     positions = torch.arange(len(indices), device=indices.device)
     first = torch.full((len(unique),), len(indices), dtype=torch.long, device=indices.device)
@@ -99,6 +83,13 @@ def _first_occurrence(indices: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _num_outputs(model: nn.Module) -> int:
-    """Class count of a model, from its classifier layer."""
-    module = model.module if hasattr(model, "module") else model
-    return getattr(module, module.classifier_name).out_features
+    """Class count of a model, from its classifier layer.
+
+    Args:
+        model: the model, or its DDP wrapper (a torch.compile wrapper forwards `get_classifier` itself).
+
+    Returns:
+        The classifier's output features.
+    """
+    module = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+    return module.get_classifier().out_features

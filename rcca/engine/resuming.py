@@ -20,7 +20,7 @@ from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from rcca.engine.checkpoints import read_checkpoint, run_config_of
+from rcca.engine.checkpoints import RunCheckpoint, read_run_checkpoint
 from rcca.engine.files import RunFolderLock
 from rcca.errors import UserError
 
@@ -74,10 +74,19 @@ def config_changes(saved: Mapping, requested: Mapping) -> dict[str, tuple]:
     return changes
 
 
-def resume_checkpoint(resume: str | None, run_dir: Path) -> dict | None:
-    """The checkpoint that `resume` names (`auto`: the run folder's last.pt), read safely; None to start afresh.
+def resume_checkpoint(resume: str | None, run_dir: Path) -> RunCheckpoint | None:
+    """The checkpoint that `resume` names, read safely.
 
-    `resume=auto` without a last.pt starts from scratch with a warning that names the folder.
+    Args:
+        resume: the `resume` setting: empty (start afresh), `auto` (the run folder's last.pt) or a file.
+        run_dir: the run folder.
+
+    Returns:
+        The checkpoint to continue, or None to start afresh: also for `resume=auto` without a last.pt,
+        with a warning that names the folder.
+
+    Raises:
+        UserError: one line, for a file that is not a run checkpoint or holds no training state.
     """
     if not resume:
         return None
@@ -88,8 +97,12 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> dict | None:
             "give its folder: hydra.run.dir=<that folder> resume=auto", run_dir,
         )
         return None
-    checkpoint = read_checkpoint(path, "resume")
-    run_config_of(checkpoint, path, "resume")
+    checkpoint = read_run_checkpoint(path, "resume")
+    if checkpoint.training is None:
+        raise UserError(
+            f"resume={path} holds weights but no training state to continue from; "
+            f"start a new run from its weights with init_from={path}"
+        )
     log.info("resuming from %s", path)
     return checkpoint
 

@@ -6,39 +6,48 @@ by `accumulation` and DDP averages over processes, so the accumulated gradient e
 gradient of the mean loss over the effective batch: one update on the effective batch
 with the configured LR. (The paper's "lr/8 with 8 accumulated batches" sums unscaled
 micro-batch losses instead; with lr/8 that is the same update.)
+
+How a run ends early: a stop signal saves last.pt and raises `TrainingStopped`; a non-finite loss
+raises `TrainingDiverged`; a data loader that fails (`DataLoadingFailed`) raises a `UserError`
+that says how to continue without the video at fault. The entry point reports them and exits.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
+import itertools
 import logging
-import math
 import signal
-import sys
-import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, NoReturn
+from time import perf_counter
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.data import DataLoader
-from tqdm import tqdm
 
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
-from rcca.engine.checkpoints import rng_state, save_checkpoint, set_rng_state
+from rcca.engine.checkpoints import (
+    RunCheckpoint,
+    TrainingPosition,
+    TrainingState,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from rcca.engine.distributed import any_process, gather_lists, is_distributed, is_main_process, reduce_mean
-from rcca.engine.files import write_atomically
-from rcca.engine.evaluation import predict_videos, topk_correct, video_metrics
+from rcca.engine.evaluation import predict_videos
+from rcca.engine.meters import TrainingMeter
+from rcca.engine.metrics import topk_correct, validation_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
-from rcca.errors import UserError, data_loading_failure
-from rcca.models.attention import RCCA3D
+from rcca.errors import DataLoadingFailed, UserError
+from rcca.progress import count_of, track
 
 log = logging.getLogger(__name__)
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-# Signals that save last.pt after the current update and exit: kill, Ctrl-C, and the warnings a job
+# Signals that save last.pt after the current update and stop: kill, Ctrl-C, and the warnings a job
 # gets before its SLURM time limit (sbatch --signal, submitit's USR2).
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2)
 # Optimizer settings of a parameter group that come from the run config (and may change on resume).
@@ -49,28 +58,45 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
 
 
-@dataclass
-class Progress:
-    """Where training stands: epochs done, micro-batches done in the current epoch, updates, best top-1,
-    and whether the end-of-epoch work of epoch `epoch` (validation, when due, and best.pt) is done."""
+class TrainingStopped(Exception):
+    """A stop signal ended training; last.pt holds the state of the last complete update.
 
-    epoch: int = 0
-    batches_in_epoch: int = 0
-    step: int = 0
-    best_top1: float = -1.0
-    validated: bool = True
+    The message says where last.pt is and the command that continues the run. The entry point
+    prints it and exits with `exit_code`: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, SIGUSR1 or SIGUSR2.
+    """
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        """Keep the exit status with the message.
+
+        Args:
+            message: what happened and how to continue.
+            exit_code: the process's exit status (128 + the signal's number, as a shell reports a kill).
+        """
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass
+class _UpdateBoundary:
+    """The state as the last complete update left it: what a stop in between saves."""
+
+    position: TrainingPosition
+    rng: dict
+    buffers: dict[str, Tensor]  # BatchNorm statistics change at every micro-batch, weights only at updates
 
 
 class Trainer:
-    """Fits `model` on `train_loader`, validating on `test_loader` at video level.
+    """Fits a model on `train_loader`, validating on `test_loader` at video level.
 
-    Writes into `run_dir`: last.pt, best.pt, metrics.json and TensorBoard event files
-    (rank 0 only). `config` is the resolved run config, stored in every checkpoint.
+    Writes into `run_dir`: last.pt, best.pt and TensorBoard scalars (rank 0 only). `fit()` returns
+    the final validation metrics; `rcca.engine.metrics` turns them into metrics.json.
     """
 
     def __init__(
         self,
+        *,
         model: nn.Module,
+        model_without_ddp: nn.Module,
         train_loader: DataLoader,
         test_loader: DataLoader,
         class_names: list[str],
@@ -82,12 +108,29 @@ class Trainer:
         device: torch.device,
         world_size: int = 1,
         writer=None,
-        runner: nn.Module | None = None,
+        progress_bars: bool = False,
         continue_command: Callable[[dict[str, str]], str] | None = None,
     ) -> None:
-        """`runner` is what runs the forward pass when it differs from `model` (DDP, torch.compile);
-        `continue_command({key: value})` is the command line that continues this run with those overrides
-        changed, quoted in stop messages."""
+        """Build the optimizer, LR schedule and gradient scaler; training starts at epoch 0 unless `restore`d.
+
+        Args:
+            model: what runs the forward pass: the model, or its DDP and/or torch.compile wrapper.
+            model_without_ddp: the bare model (parameter names, checkpoints, optimizer, `get_classifier()`).
+            train_loader: this process's share of the training videos (an `EpochSampler` as sampler).
+            test_loader: this process's share of the test videos.
+            class_names: the class names in label order.
+            trainer_cfg: batch sizes, epochs, precision, logging and checkpoint frequency.
+            optimizer_cfg: SGD settings.
+            schedule_cfg: the LR schedule.
+            run_dir: where checkpoints go.
+            config: the resolved run config, stored in every checkpoint.
+            device: this process's device.
+            world_size: processes training together.
+            writer: a TensorBoard `SummaryWriter` (rank 0), or None.
+            progress_bars: draw progress bars (else plain log lines now and then); decided by the caller.
+            continue_command: `continue_command({key: value})` is the command line that continues this run
+                with those overrides changed, quoted in stop messages.
+        """
         self.cfg = trainer_cfg
         self.optimizer_cfg = optimizer_cfg
         self.device = device
@@ -99,181 +142,236 @@ class Trainer:
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.writer = writer
-        self.accumulation = accumulation_steps(trainer_cfg.effective_batch_size, trainer_cfg.batch_size, world_size)
-        self.updates_per_epoch = len(train_loader) // self.accumulation
-        if self.updates_per_epoch == 0:
-            raise UserError(
-                f"one update needs trainer.effective_batch_size={trainer_cfg.effective_batch_size} clips "
-                f"(trainer.batch_size={trainer_cfg.batch_size} x {self.accumulation} steps x {world_size} processes) but "
-                f"each process has {len(train_loader.sampler)} training videos: lower these sizes"
-            )
-        log.info(
-            "one update = %d clips (%d per step x %d accumulated steps x %d processes); %d updates per epoch",
-            trainer_cfg.effective_batch_size, trainer_cfg.batch_size, self.accumulation, world_size, self.updates_per_epoch,
-        )
-        self.bare_model = model  # without wrappers: parameter names, checkpoints, gammas
-        self.model = runner if runner is not None else model
-        self.optimizer = build_optimizer(model, optimizer_cfg, model.classifier_name)
+        self.progress_bars = progress_bars
+        self.model = model
+        self.model_without_ddp = model_without_ddp
+        self.accumulation, self.updates_per_epoch = self._plan_updates()
+        self.optimizer = build_optimizer(model_without_ddp, optimizer_cfg)
         self.scheduler = build_scheduler(self.optimizer, schedule_cfg, self.updates_per_epoch)
         self.autocast_dtype = autocast_dtype(trainer_cfg.amp)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.autocast_dtype == torch.float16)
-        # The configured hyper-parameters win over a resumed checkpoint's (see `load_state_dict`).
+        # The configured hyper-parameters win over a resumed checkpoint's (see `restore`).
         self._configured = [{key: group[key] for key in CONFIGURABLE} for group in self.optimizer.param_groups]
-        self.progress = Progress()
+        self.position = TrainingPosition()
         self.config_history: list[dict] = []  # settings changed on resume: {"step", "epoch", "changes"}
-        self._verified: dict | None = None  # last state whose losses were all finite (rank 0; {} elsewhere)
-        self._verified_step = -1  # its update count, on every rank
-        self._mark_update_boundary()
-        self.stop_requested = False
         self.failed_train: dict[str, str] = {}  # undecodable training videos seen by this process: reason
+        self._verified: dict | None = None  # on-disk form of the last state whose losses were all finite (rank 0)
+        self._verified_step = -1  # its update count, on every rank
+        self.stop_requested = False  # on any process (after the next check)
+        self._stop_signal: int | None = None  # the stop signal this process received
+        self._mark_update_boundary()
+
+    def _plan_updates(self) -> tuple[int, int]:
+        """Micro-batches per update and updates per epoch; UserError when one update needs more videos than there are.
+
+        Returns:
+            (accumulation steps, updates per epoch).
+        """
+        cfg = self.cfg
+        accumulation = accumulation_steps(cfg.effective_batch_size, cfg.batch_size, self.world_size)
+        updates = len(self.train_loader) // accumulation
+        processes = count_of(self.world_size, "process")
+        if updates == 0:
+            raise UserError(
+                f"one update needs trainer.effective_batch_size={cfg.effective_batch_size} clips "
+                f"(trainer.batch_size={cfg.batch_size} x {count_of(accumulation, 'step')} x {processes}) but each "
+                f"process has {count_of(len(self.train_loader.sampler), 'training video')}: lower these sizes"
+            )
+        log.info(
+            "one update = %d clips (%d per step x %s x %s); %s per epoch", cfg.effective_batch_size, cfg.batch_size,
+            count_of(accumulation, "accumulated step"), processes, count_of(updates, "update"),
+        )
+        return accumulation, updates
 
     # ----------------------------------------------------------------- checkpoints
-    def state_dict(self) -> dict:
-        return {
-            "model": self.bare_model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "scaler": self.scaler.state_dict(),
-            "epoch": self.progress.epoch,
-            "batches_in_epoch": self.progress.batches_in_epoch,
-            "step": self.progress.step,
-            "best_top1": self.progress.best_top1,
-            "validated": self.progress.validated,
-            "rng": rng_state(),
-            "config": self.config,
-            "config_history": self.config_history,
-            "failed_train": dict(self.failed_train),
-            "classes": self.class_names,
-        }
+    def checkpoint(self) -> RunCheckpoint:
+        """The run as it is now: weights, config, classes and everything needed to continue it."""
+        training = TrainingState(
+            optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(),
+            scaler=self.scaler.state_dict(),
+            position=replace(self.position),
+            rng=rng_state(),
+            config_history=list(self.config_history),
+            failed_train=dict(self.failed_train),
+        )
+        return RunCheckpoint(self.model_without_ddp.state_dict(), self.config, self.class_names, training)
 
-    def load_state_dict(self, state: dict) -> None:
-        """Restore everything needed to continue exactly where `state` was saved.
+    def restore(self, checkpoint: RunCheckpoint) -> None:
+        """Continue exactly where `checkpoint` was saved (its `training` must be set, as `resume_checkpoint` ensures).
 
         The optimizer's configured hyper-parameters (LR, momentum, weight decay per group) and the
         LR schedule stay those of this run's config, so a resume may change them; the LR is set to
         what the schedule gives at the restored update.
+
+        Args:
+            checkpoint: a run checkpoint with training state.
+
+        Raises:
+            UserError: the checkpoint's weights do not fit the configured model.
         """
+        state = checkpoint.training
+        if state is None:
+            raise ValueError("the checkpoint holds no training state to continue from")
         try:
-            self.bare_model.load_state_dict(state["model"])
+            self.model_without_ddp.load_state_dict(checkpoint.model)
         except RuntimeError as error:
             detail = " ".join(str(error).split())[:300]
-            raise UserError(f"the checkpoint does not match the configured model (use the run's own overrides): {detail}") from None
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+            raise UserError(
+                f"the checkpoint does not match the configured model (use the run's own overrides): {detail}"
+            ) from None
+        self.optimizer.load_state_dict(state.optimizer)
+        self.scheduler.load_state_dict(state.scheduler)
+        self._apply_configured_hyperparameters()
+        if self.scaler.is_enabled() and state.scaler:  # empty when saved without fp16: the scale starts afresh
+            self.scaler.load_state_dict(state.scaler)
+        self.position = replace(state.position)
+        self.config_history = list(state.config_history)
+        self.failed_train = dict(state.failed_train)
+        set_rng_state(state.rng)
+        self._mark_update_boundary()
+
+    def _apply_configured_hyperparameters(self) -> None:
+        """After loading a checkpoint's optimizer and scheduler: this run's settings, and the LR they give now."""
         for group, configured in zip(self.optimizer.param_groups, self._configured):
             group.update(configured)
         self.scheduler.base_lrs = [group["initial_lr"] for group in self.optimizer.param_groups]
         for group, base, factor in zip(self.optimizer.param_groups, self.scheduler.base_lrs, self.scheduler.lr_lambdas):
             group["lr"] = base * factor(self.scheduler.last_epoch)
         self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
-        if self.scaler.is_enabled() and state["scaler"]:  # empty when saved without fp16: the scale starts afresh
-            self.scaler.load_state_dict(state["scaler"])
-        self.progress = Progress(
-            state["epoch"], state["batches_in_epoch"], state["step"], state["best_top1"], state.get("validated", True)
-        )
-        self.config_history = list(state.get("config_history", []))
-        self.failed_train = dict(state.get("failed_train", {}))
-        set_rng_state(state["rng"])
-        self._mark_update_boundary()
 
     def record_config_changes(self, changes: dict[str, tuple]) -> None:
-        """Note settings that this resumed run changed ({key: (checkpoint value, new value)}), kept in checkpoints."""
+        """Note settings that this resumed run changed, kept in checkpoints.
+
+        Args:
+            changes: {key: (checkpoint value, new value)}; nothing is noted when empty.
+        """
         if changes:
-            entry = {"step": self.progress.step, "epoch": self.progress.epoch,
+            entry = {"step": self.position.step, "epoch": self.position.epoch,
                      "changes": {key: list(values) for key, values in changes.items()}}
             self.config_history.append(entry)
 
     def save(self, name: str) -> None:
+        """Write `checkpoint()` as `run_dir/name` (rank 0 only).
+
+        Args:
+            name: the file name (last.pt, best.pt).
+        """
         if is_main_process():
-            save_checkpoint(self.state_dict(), self.run_dir / name)
+            self.checkpoint().save(self.run_dir / name)
 
     # ----------------------------------------------------------------- training
     def fit(self) -> dict:
-        """Train to `trainer.epochs`, validating every `eval_every` epochs. Returns the final metrics."""
+        """Train to `trainer.epochs`, validating every `eval_every` epochs.
+
+        Returns:
+            The final validation metrics (`rcca.engine.metrics.validation_metrics`).
+
+        Raises:
+            TrainingStopped: a stop signal arrived; last.pt holds the last complete update.
+            TrainingDiverged: a loss was not finite; last.pt holds the last state with finite losses.
+            UserError: the data loader failed (a video that crashes or hangs the decoder); the message says
+                how to continue without it.
+        """
         previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
-        metrics: dict = {}
         try:
-            while True:
-                if not self.progress.validated:  # also an epoch whose validation a kill interrupted
-                    metrics = self._end_epoch() or metrics
-                    if any_process(self.stop_requested, self.device):  # a signal during validation
-                        self._mark_update_boundary()
-                        self._save_and_exit()
-                if self.progress.epoch >= self.cfg.epochs:
-                    break
-                self._train_epoch()
-                if any_process(self.stop_requested, self.device):  # a signal may reach one rank after the last update
-                    self._save_and_exit()
-                self.save("last.pt")  # the epoch is safe before validation starts
-            return metrics or self.validate()  # a resumed run that had already finished still reports
-        except RuntimeError as error:
+            return self._run_epochs()
+        except DataLoadingFailed as failure:
             if self.stop_requested:  # a job-wide stop signal (SLURM) also ended the data workers
-                self._save_and_exit()
-            failure = data_loading_failure(
-                error, f"in epoch {self.progress.epoch + 1}",
-                f"continue from {self.run_dir / 'last.pt'} with dataset.exclude=<file> resume=auto",
-            )
-            if failure is None:
-                raise
-            raise failure from None
+                raise self._stopped() from None
+            raise UserError(
+                f"epoch {self.position.epoch + 1}: {failure}, then continue from {self.run_dir / 'last.pt'} "
+                "with dataset.exclude=<file> resume=auto"
+            ) from None
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+
+    def _run_epochs(self) -> dict:
+        """The epochs of `fit`, each followed by its end-of-epoch work; raises `TrainingStopped` on a stop."""
+        metrics: dict = {}
+        while True:
+            if not self.position.validated:  # also an epoch whose validation a kill interrupted
+                metrics = self._end_epoch() or metrics
+                if any_process(self.stop_requested, self.device):  # a signal during validation
+                    self._mark_update_boundary()
+                    raise self._stopped()
+            if self.position.epoch >= self.cfg.epochs:
+                return metrics or self.validate()  # a resumed run that had already finished still reports
+            self._train_epoch()
+            if any_process(self.stop_requested, self.device):  # a signal may reach one rank after the last update
+                raise self._stopped()
+            self.save("last.pt")  # the epoch is safe before validation starts
 
     def _end_epoch(self) -> dict:
         """Validate the finished epoch when due, keep best.pt, then record that in last.pt.
 
         last.pt says `validated=False` until this is done, so a run killed during validation or
         while writing best.pt validates that epoch again when resumed (with the same result).
+
+        Returns:
+            The validation metrics, or {} when this epoch is not validated.
         """
-        epoch = self.progress.epoch
+        epoch = self.position.epoch
         due = epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
         metrics = self.validate() if due else {}
-        self.progress.validated = True
-        if metrics and metrics["top1"] > self.progress.best_top1:
-            self.progress.best_top1 = metrics["top1"]
+        self.position.validated = True
+        if metrics and metrics["top1"] > self.position.best_top1:
+            self.position.best_top1 = metrics["top1"]
             self.save("best.pt")
         self.save("last.pt")
         return metrics
 
     def _mark_update_boundary(self) -> None:
-        """Remember where the last complete update left off: what a stop in between saves.
+        """Remember where the last complete update left off: what a stop in between saves."""
+        self._boundary = _UpdateBoundary(
+            position=replace(self.position),
+            rng=rng_state(),
+            buffers={name: b.detach().clone() for name, b in self.model_without_ddp.named_buffers()},
+        )
 
-        Weights change only at updates, but BatchNorm statistics change at every micro-batch.
-        """
-        self._boundary = {
-            "epoch": self.progress.epoch,
-            "batches_in_epoch": self.progress.batches_in_epoch,
-            "rng": rng_state(),
-            "buffers": {name: b.detach().clone() for name, b in self.bare_model.named_buffers()},
-        }
-
-    def _boundary_state(self) -> dict:
+    def _boundary_checkpoint(self) -> RunCheckpoint:
         """The checkpoint of the last complete update: weights as they are, BatchNorm buffers, RNG and
         position as they were then (micro-batches since then are repeated by a resumed run)."""
-        state = self.state_dict()
-        boundary = dict(self._boundary)
-        buffers = boundary.pop("buffers")
-        state["model"] = {k: buffers.get(k, v) for k, v in state["model"].items()}
-        return {**state, **boundary}
+        checkpoint = self.checkpoint()
+        boundary = self._boundary
+        checkpoint.model = {key: boundary.buffers.get(key, value) for key, value in checkpoint.model.items()}
+        checkpoint.training = replace(checkpoint.training, position=replace(boundary.position), rng=boundary.rng)
+        return checkpoint
 
     def _remember_verified_state(self) -> None:
         """Just before an optimizer step: every forward since the last update was finite at these weights,
         so this update boundary is a state from which training can go on (with a lower LR if it diverges).
         Only rank 0, which writes checkpoints, keeps the copy."""
-        self._verified = _detached_copy(self._boundary_state()) if is_main_process() else {}
-        self._verified_step = self.progress.step
+        self._verified = _detached_copy(self._boundary_checkpoint().to_dict()) if is_main_process() else {}
+        self._verified_step = self.position.step
 
-    def _save_and_exit(self) -> NoReturn:
-        """Save last.pt as of the last complete update (a resumed run repeats nothing and skips nothing); exit 143."""
+    def _stopped(self) -> TrainingStopped:
+        """Save last.pt as of the last complete update (a resumed run repeats nothing and skips nothing).
+
+        Returns:
+            The exception to raise, with the command that continues the run.
+        """
+        last = self.run_dir / "last.pt"
         if is_main_process():
-            save_checkpoint(self._boundary_state(), self.run_dir / "last.pt")
-        log.warning("stopped by signal; saved %s. Continue with: %s", self.run_dir / "last.pt", self.continue_command({}))
-        sys.exit(143)
+            self._boundary_checkpoint().save(last)
+        received = signal.Signals(self._stop_signal).name if self._stop_signal else "another process's stop signal"
+        return TrainingStopped(
+            f"stopped by {received}; saved {last}. Continue with: {self.continue_command({})}",
+            exit_code=130 if self._stop_signal == signal.SIGINT else 143,
+        )
 
     def _diverged(self, loss: float) -> TrainingDiverged:
-        """Save the last state whose losses were finite as last.pt; the error says how to go on from it."""
-        where = f"loss is {loss} (on this process or another) at update {self.progress.step + 1} (epoch {self.progress.epoch + 1})"
+        """Save the last state whose losses were finite as last.pt.
+
+        Args:
+            loss: the non-finite loss.
+
+        Returns:
+            The exception to raise, which says how to go on from that state.
+        """
+        step, epoch = self.position.step + 1, self.position.epoch + 1
+        where = f"loss is {loss} (on this process or another) at update {step} (epoch {epoch})"
         if self._verified is None:
             return TrainingDiverged(
                 f"{where}, before any update of this run succeeded: the starting weights or the data give it; "
@@ -283,75 +381,95 @@ class Trainer:
             save_checkpoint(self._verified, self.run_dir / "last.pt")
         if is_distributed():
             torch.distributed.barrier()  # no rank exits (and gets the job killed) before the file is written
+        command = self.continue_command({"optimizer.lr": "<lower>"})
         return TrainingDiverged(
             f"{where}; saved the last state with finite losses (update {self._verified_step}) as "
-            f"{self.run_dir / 'last.pt'}; continue from it with a lower LR: {self.continue_command({'optimizer.lr': '<lower>'})}"
+            f"{self.run_dir / 'last.pt'}; continue from it with a lower LR: {command}"
         )
 
     def _request_stop(self, signum: int, frame) -> None:
-        log.warning("received signal %d: saving last.pt after the current step", signum)
+        """Signal handler: stop after the current update.
+
+        Args:
+            signum: the signal received.
+            frame: the interrupted frame (unused).
+        """
+        log.warning("received signal %s: saving last.pt after the current update", signal.Signals(signum).name)
         self.stop_requested = True
+        self._stop_signal = signum
 
     def _train_epoch(self) -> None:
+        """Train the rest of the current epoch, or up to a stop request (then `position.epoch` stays)."""
         self.model.train()
-        epoch = self.progress.epoch
-        batch_size = self.cfg.batch_size
-        self.train_loader.sampler.set_epoch(epoch, start=self.progress.batches_in_epoch * batch_size)
+        position = self.position
+        self.train_loader.sampler.set_epoch(position.epoch, start=position.batches_in_epoch * self.cfg.batch_size)
         self._mark_update_boundary()
-        total_batches = self.updates_per_epoch * self.accumulation
-        bar = tqdm(
-            total=total_batches,
-            initial=self.progress.batches_in_epoch,
-            desc=f"epoch {epoch + 1}/{self.cfg.epochs}",
-            unit="batch",
-            disable=not (self.cfg.progress and sys.stderr.isatty() and is_main_process()),
+        total = self.updates_per_epoch * self.accumulation  # the last incomplete accumulation group is not used
+        batches = track(
+            itertools.islice(self.train_loader, total - position.batches_in_epoch), total=total,
+            initial=position.batches_in_epoch, desc=f"epoch {position.epoch + 1}/{self.cfg.epochs}",
+            bars=self.progress_bars,
         )
-        window = self._new_window()
-        tick = time.perf_counter()
-        for batch in self.train_loader:
-            if self.progress.batches_in_epoch >= total_batches:
-                break  # the last incomplete accumulation group of the epoch is not used
-            window["wait"] += time.perf_counter() - tick
-            loss, correct1, correct5 = self._micro_step(batch)
-            window["loss"] += loss * len(batch["label"])
-            window["correct1"] += correct1
-            window["correct5"] += correct5
-            window["clips"] += len(batch["label"])
-            for path, reason in zip(batch["failed"], batch["reason"]):
-                if path and path not in self.failed_train:
-                    self.failed_train[path] = reason
-                    log.warning("replaced undecodable training video %s (reported once): %s", path, reason)
-            self.progress.batches_in_epoch += 1
-            bar.update(1)
-            if self.progress.batches_in_epoch % self.accumulation == 0:
-                self._update()
-                self._mark_update_boundary()
-                if self.cfg.checkpoint_every and self.progress.step % self.cfg.checkpoint_every == 0:
-                    self.save("last.pt")
-                if self.progress.step % self.cfg.log_every == 0:
-                    self._log_window(window, bar)
-                    window = self._new_window()
-                self.stop_requested = any_process(self.stop_requested, self.device)  # all ranks stop together
-                if self.stop_requested:
-                    bar.close()
+        meter = TrainingMeter()
+        with contextlib.closing(batches):
+            tick = perf_counter()
+            for batch in batches:
+                self._train_batch(batch, meter, data_wait=perf_counter() - tick)
+                if position.batches_in_epoch % self.accumulation == 0 and self._after_update(meter):
                     return
-            tick = time.perf_counter()
-        bar.close()
-        self.progress.epoch += 1
-        self.progress.batches_in_epoch = 0
-        self.progress.validated = False
+                tick = perf_counter()
+        position.epoch += 1
+        position.batches_in_epoch = 0
+        position.validated = False
         self._mark_update_boundary()
 
-    @staticmethod
-    def _new_window() -> dict:
-        """Running sums between two log points."""
-        return {"loss": 0.0, "correct1": 0, "correct5": 0, "clips": 0, "wait": 0.0, "start": time.perf_counter()}
+    def _train_batch(self, batch: dict, meter: TrainingMeter, data_wait: float) -> None:
+        """Forward and backward one micro-batch, count it, and report its undecodable videos (once each).
+
+        Args:
+            batch: `clip`, `label`, and `failed` / `reason` for videos that were replaced.
+            meter: the running sums of the training log.
+            data_wait: seconds spent waiting for this batch.
+        """
+        loss, correct1, correct5 = self._micro_step(batch)
+        meter.update(loss=loss, correct1=correct1, correct5=correct5, clips=len(batch["label"]), data_wait=data_wait)
+        for path, reason in zip(batch["failed"], batch["reason"]):
+            if path and path not in self.failed_train:
+                self.failed_train[path] = reason
+                log.warning("replaced undecodable training video %s (reported once): %s", path, reason)
+        self.position.batches_in_epoch += 1
+
+    def _after_update(self, meter: TrainingMeter) -> bool:
+        """After the last micro-batch of an update: step, checkpoint and log when due, and agree on stopping.
+
+        Args:
+            meter: the running sums of the training log (reset after each log point).
+
+        Returns:
+            Whether to stop (a stop signal reached any process).
+        """
+        self._update()
+        self._mark_update_boundary()
+        if self.cfg.checkpoint_every and self.position.step % self.cfg.checkpoint_every == 0:
+            self.save("last.pt")
+        if self.position.step % self.cfg.log_every == 0:
+            self._log_training(meter)
+            meter.reset()
+        self.stop_requested = any_process(self.stop_requested, self.device)  # all ranks stop together
+        return self.stop_requested
 
     def _micro_step(self, batch: dict) -> tuple[float, int, int]:
-        """Forward and backward one micro-batch; DDP syncs gradients only on the last of a group."""
+        """Forward and backward one micro-batch; DDP syncs gradients only on the last of a group.
+
+        Args:
+            batch: `clip` N x C x T x H x W and `label` N.
+
+        Returns:
+            (mean loss, clips with the label top-1, clips with the label in the top 5).
+        """
         clips = batch["clip"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
-        last_of_group = (self.progress.batches_in_epoch + 1) % self.accumulation == 0
+        last_of_group = (self.position.batches_in_epoch + 1) % self.accumulation == 0
         sync = contextlib.nullcontext() if last_of_group or not hasattr(self.model, "no_sync") else self.model.no_sync()
         with sync:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
@@ -364,6 +482,7 @@ class Trainer:
         return loss.item(), int(topk_correct(logits, labels, 1).sum()), int(topk_correct(logits, labels, 5).sum())
 
     def _update(self) -> None:
+        """One optimizer step on the accumulated gradients (unscaled and clipped as configured), and the LR's."""
         self._remember_verified_state()
         if self.optimizer_cfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)
@@ -372,70 +491,119 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        self.progress.step += 1
+        self.position.step += 1
 
-    def _log_window(self, window: dict, bar: tqdm) -> None:
-        elapsed = time.perf_counter() - window["start"]
-        clips = max(1, window["clips"])
+    def _training_scalars(self, meter: TrainingMeter) -> dict[str, float]:
+        """What the training log reports at a log point, averaged over processes where each has its own.
+
+        Args:
+            meter: the running sums since the last log point.
+
+        Returns:
+            {TensorBoard tag: value}: loss, accuracies, LR, throughput, data wait, undecodable videos,
+            every `.gamma` parameter (RCCA-3D's) and, on a GPU, the peak memory.
+        """
         values = {
-            "train/loss": reduce_mean(window["loss"] / clips, self.device),
-            "train/top1": reduce_mean(100.0 * window["correct1"] / clips, self.device),
-            "train/top5": reduce_mean(100.0 * window["correct5"] / clips, self.device),
+            "train/loss": reduce_mean(meter.loss, self.device),
+            "train/top1": reduce_mean(meter.top1, self.device),
+            "train/top5": reduce_mean(meter.top5, self.device),
             "train/lr": self.optimizer.param_groups[0]["lr"],
-            "train/clips_per_s": window["clips"] * self.world_size / max(elapsed, 1e-9),
-            "train/data_wait_fraction": window["wait"] / max(elapsed, 1e-9),
+            "train/clips_per_s": meter.clips_per_s(self.world_size),
+            "train/data_wait_fraction": meter.data_wait_fraction(),
             "train/undecodable_videos": len(self.failed_train),
         }
-        for name, module in self.bare_model.named_modules():
-            if isinstance(module, RCCA3D):
-                values[f"gamma/{name}"] = module.gamma.item()
+        for name, parameter in self.model_without_ddp.named_parameters():
+            if name.endswith(".gamma"):
+                values[f"gamma/{name}"] = parameter.item()
         if self.device.type == "cuda":
             values["train/gpu_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        return values
+
+    def _log_training(self, meter: TrainingMeter) -> None:
+        """Write the training scalars to TensorBoard and a summary line to the log (rank 0).
+
+        Args:
+            meter: the running sums since the last log point.
+        """
+        values = self._training_scalars(meter)  # every rank: the averages are collective
         if not is_main_process():
             return
         if self.writer is not None:
             for key, value in values.items():
-                self.writer.add_scalar(key, value, self.progress.step)
-        summary = f"loss {values['train/loss']:.3f} top1 {values['train/top1']:.1f} lr {values['train/lr']:.4g}"
-        if bar.disable:
-            log.info("epoch %d step %d: %s, %.1f clips/s", self.progress.epoch + 1, self.progress.step, summary, values["train/clips_per_s"])
-        else:
-            bar.set_postfix_str(summary)
+                self.writer.add_scalar(key, value, self.position.step)
+        log.info(
+            "epoch %d, update %d: loss %.3f top1 %.1f lr %.4g, %.1f clips/s", self.position.epoch + 1,
+            self.position.step, values["train/loss"], values["train/top1"], values["train/lr"],
+            values["train/clips_per_s"],
+        )
 
     # ----------------------------------------------------------------- validation
     def validate(self) -> dict:
-        """Video-level metrics on the test loader; logged to TensorBoard and the log."""
+        """Video-level metrics on the test loader, logged to TensorBoard and the log.
+
+        Returns:
+            `rcca.engine.metrics.validation_metrics` of the current weights.
+
+        Raises:
+            TrainingDiverged: the scores are not finite (the last update diverged).
+        """
         self.test_loader.sampler.set_epoch(0)
         scores, labels, _, failed = predict_videos(
-            self.model, self.test_loader, self.device,
-            progress=self.cfg.progress and sys.stderr.isatty() and is_main_process(), autocast_dtype=self.autocast_dtype,
+            self.model, self.test_loader, self.device, progress_bars=self.progress_bars,
+            autocast_dtype=self.autocast_dtype,
         )
         if not torch.isfinite(scores).all():  # the last update diverged: its weights must not become best.pt
             raise self._diverged(float("nan"))
-        metrics = video_metrics(scores, labels, self.class_names)
-        metrics["failed_videos"] = failed
-        metrics["train_failed_videos"] = dict(sorted(gather_lists(sorted(self.failed_train.items()))))
+        train_failed = dict(sorted(gather_lists(sorted(self.failed_train.items()))))
+        metrics = validation_metrics(
+            scores, labels, self.class_names, failed_videos=failed, train_failed_videos=train_failed
+        )
         if is_main_process():
-            log.info(
-                "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%d videos%s)",
-                self.progress.epoch, metrics["top1"], metrics["top5"], metrics["mean_class_accuracy"], metrics["num_videos"],
-                f", {len(failed)} undecodable" if failed else "",
-            )
-            if self.writer is not None:
-                for key in ("top1", "top5", "mean_class_accuracy"):
-                    self.writer.add_scalar(f"val/{key}", metrics[key], self.progress.step)
+            self._report_validation(metrics)
         return metrics
+
+    def _report_validation(self, metrics: dict) -> None:
+        """Log a validation's accuracies and write them to TensorBoard.
+
+        Args:
+            metrics: `validation_metrics` after `position.epoch` epochs.
+        """
+        undecodable = len(metrics["failed_videos"])
+        log.info(
+            "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%s%s)", self.position.epoch,
+            metrics["top1"], metrics["top5"], metrics["mean_class_accuracy"], count_of(metrics["num_videos"], "video"),
+            f", {undecodable} undecodable" if undecodable else "",
+        )
+        if self.writer is not None:
+            for key in ("top1", "top5", "mean_class_accuracy"):
+                self.writer.add_scalar(f"val/{key}", metrics[key], self.position.step)
 
 
 def autocast_dtype(amp: str) -> torch.dtype | None:
-    """The autocast dtype of `trainer.amp` (None when off); works on GPUs and CPUs alike."""
+    """The autocast dtype of `trainer.amp`; works on GPUs and CPUs alike.
+
+    Args:
+        amp: `off`, `bf16` or `fp16`.
+
+    Returns:
+        The dtype, or None when off.
+    """
     if amp not in AMP_DTYPES:
         raise UserError(f"trainer.amp={amp!r}: choose one of {', '.join(AMP_DTYPES)}")
     return AMP_DTYPES[amp]
 
 
 def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: int) -> int:
-    """Micro-batches per update; the effective batch must be an exact multiple of batch x processes."""
+    """Micro-batches per update; the effective batch must be an exact multiple of batch x processes.
+
+    Args:
+        effective_batch_size: clips per optimizer update, over all processes.
+        batch_size: clips per micro-batch on one process.
+        world_size: processes.
+
+    Returns:
+        The micro-batches each process accumulates per update.
+    """
     per_round = batch_size * world_size
     if effective_batch_size % per_round != 0:
         raise UserError(
@@ -454,17 +622,3 @@ def _detached_copy(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return type(value)(_detached_copy(item) for item in value)
     return value
-
-
-def write_metrics(path: Path, metrics: dict) -> None:
-    """metrics.json (atomically), with non-finite numbers written as null."""
-    def clean(value):
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    write_atomically(path, json.dumps(clean(metrics), indent=2).encode())

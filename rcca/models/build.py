@@ -11,9 +11,9 @@ from torch import nn
 from rcca.config import BackboneConfig, ModuleConfig
 from rcca.models.attention import RCCA3D
 from rcca.models.insertion import insert_context_modules
-from rcca.models.mfnet import MFNet3D, unit_out_channels
+from rcca.models.mfnet import MFNet3D
 from rcca.models.nonlocal_block import NonLocal3D
-from rcca.models.tsm import TSMResNet, block_out_channels, load_imagenet_weights
+from rcca.models.tsm import TSMResNet, load_imagenet_weights
 
 log = logging.getLogger(__name__)
 
@@ -22,9 +22,17 @@ MODULES = ("none", "nl", "rcca")
 
 
 def build_backbone(cfg: BackboneConfig, num_classes: int) -> nn.Module:
-    """The bare backbone: TSM ResNet or MF-Net. Input N x 3 x T x H x W, output N x num_classes."""
+    """The bare backbone: TSM ResNet or MF-Net, a `VideoBackbone`. Input N x 3 x T x H x W, output N x num_classes."""
     if cfg.name == "tsm":
-        return TSMResNet(cfg.depth, num_classes, cfg.num_frames, cfg.shift_div, cfg.dropout, cfg.width, cfg.shift_place)
+        return TSMResNet(
+            depth=cfg.depth,
+            num_classes=num_classes,
+            num_segments=cfg.num_frames,
+            shift_div=cfg.shift_div,
+            dropout=cfg.dropout,
+            width=cfg.width,
+            shift_place=cfg.shift_place,
+        )
     if cfg.name == "mfnet":
         return MFNet3D(num_classes=num_classes, num_frames=cfg.num_frames, dropout=cfg.dropout)
     raise ValueError(f"backbone.name={cfg.name!r}: choose one of {', '.join(BACKBONES)}")
@@ -49,17 +57,32 @@ def context_factory(cfg: ModuleConfig) -> partial[nn.Module] | None:
 
 
 def build_model(backbone: BackboneConfig, module: ModuleConfig, num_classes: int) -> nn.Module:
-    """Backbone (with ImageNet weights if `backbone.pretrained`) plus context modules at `module.positions`."""
+    """Backbone (with ImageNet weights if `backbone.pretrained`) plus context modules at `module.positions`.
+
+    Args:
+        backbone: which backbone and its settings.
+        module: which context module (none, nl, rcca), its settings and its `convN_i` positions.
+        num_classes: classifier outputs.
+
+    Returns:
+        A `VideoBackbone` (`TSMResNet` or `MFNet3D`): N x 3 x T x H x W -> N x num_classes logits.
+
+    Raises:
+        ValueError: unknown backbone or module name, ImageNet weights for MF-Net, no or invalid positions.
+    """
     model = build_backbone(backbone, num_classes)
     if backbone.pretrained:
-        if not isinstance(model, TSMResNet):
-            raise ValueError("backbone.pretrained: ImageNet weights apply to TSM backbones only; use init_from for MF-Net")
+        if backbone.name != "tsm":
+            raise ValueError(
+                "backbone.pretrained: ImageNet weights apply to TSM backbones only; use init_from for MF-Net"
+            )
         new = load_imagenet_weights(model, backbone.pretrained)
-        log.info("loaded ImageNet weights from %s (%d tensors left at their initial values)", backbone.pretrained, len(new))
+        log.info(
+            "loaded ImageNet weights from %s (%d tensors left at their initial values)", backbone.pretrained, len(new)
+        )
     factory = context_factory(module)
     if factory is not None and module.positions:
-        out_channels = block_out_channels if isinstance(model, TSMResNet) else unit_out_channels
-        insert_context_modules(model.residual_blocks(), list(module.positions), factory, out_channels)
+        insert_context_modules(model, list(module.positions), factory)
     elif factory is not None:
         raise ValueError(f"module.positions is empty for module.name={module.name}; list blocks such as [conv3_3]")
     return model

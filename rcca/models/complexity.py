@@ -39,6 +39,7 @@ from fvcore.nn.jit_handles import get_shape
 from torch import Tensor, nn
 
 from rcca.models.attention import RCCA3D
+from rcca.models.insertion import context_modules
 from rcca.models.nonlocal_block import NonLocal3D
 
 # Ops that fvcore has no handle for and that we deliberately leave uncounted: element-wise
@@ -166,20 +167,12 @@ class ComplexityReport:
         }
 
 
-def context_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """Position (convN_i) -> the context module inserted there, for backbones with `residual_blocks()`."""
-    return {
-        f"{stage}_{i + 1}": block.context
-        for stage, blocks in model.residual_blocks().items()
-        for i, block in enumerate(blocks)
-        if getattr(block, "context", None) is not None
-    }
-
-
 def complexity_report(model: nn.Module, input_shape: tuple[int, ...]) -> ComplexityReport:
     """Count the model's parameters and MACs on a zero input of `input_shape` (N x 3 x T x H x W).
 
-    The model is put in eval mode (dropout off, batch norm as an affine map).
+    The model is put in eval mode (dropout off, batch norm as an affine map). Its context
+    modules are itemised as `rcca.models.insertion.context_modules` finds them: by `convN_i`
+    position in a `VideoBackbone`, by submodule name in any other network.
     """
     model.eval()
     inserted = context_modules(model)

@@ -140,7 +140,7 @@ class Computation:
     shift_div: int | None = None
     nonlocal_subsample: bool | None = None
 
-    def overrides_to_match(self, model: "Computation") -> list[str]:
+    def overrides_to_match(self, model: Computation) -> list[str]:
         """The config overrides that make a model computing as `model` compute as `self`."""
         keys = {"shift_place": "backbone.shift_place", "shift_div": "backbone.shift_div",
                 "nonlocal_subsample": "module.subsample"}

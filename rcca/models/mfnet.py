@@ -21,7 +21,10 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
-STAGE_UNITS = {"conv2": 3, "conv3": 4, "conv4": 6, "conv5": 3}
+from rcca.models.insertion import block_contexts
+from rcca.models.positions import FIRST_STAGE, MFNET_STAGE_BLOCKS, stage_name
+
+STAGE_UNITS = {stage_name(stage): units for stage, units in enumerate(MFNET_STAGE_BLOCKS, start=FIRST_STAGE)}
 STEM_CHANNELS = 16
 CONV2_CHANNELS = 96
 
@@ -106,13 +109,11 @@ class MultiFiberUnit(nn.Module):
         return out
 
 
-def unit_out_channels(unit: nn.Module) -> int:
-    """Output channels of a multi-fibre unit (for `insert_context_modules`)."""
-    return unit.out_channels
-
-
 class MFNet3D(nn.Module):
     """MF-Net 3D for clips of N x 3 x T x H x W.
+
+    Satisfies `VideoBackbone`: units conv2_1 ... conv5_3 (`conv2.B01` ... `conv5.B03`) take
+    context modules, applied to their N x C x T x H x W output.
 
     Args:
         num_classes: classifier outputs.
@@ -124,9 +125,7 @@ class MFNet3D(nn.Module):
     Output: N x num_classes logits.
     """
 
-    classifier_name = "classifier"
-
-    def __init__(self, num_classes: int = 400, num_frames: int = 16, groups: int = 16, dropout: float = 0.0) -> None:
+    def __init__(self, *, num_classes: int = 400, num_frames: int = 16, groups: int = 16, dropout: float = 0.0) -> None:
         super().__init__()
         self.num_frames = num_frames
         self.conv1 = nn.Sequential(
@@ -173,9 +172,45 @@ class MFNet3D(nn.Module):
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def get_classifier(self) -> nn.Linear:
+        """The final linear classifier (`classifier`).
+
+        Returns:
+            The `nn.Linear` layer that maps pooled features to `num_classes` logits.
+        """
+        return self.classifier
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the classifier's outputs."""
+        return self.classifier.out_features
+
     def residual_blocks(self) -> dict[str, list[nn.Module]]:
-        """Stage name (conv2..conv5) -> its multi-fibre units in order."""
+        """The multi-fibre units, stage by stage.
+
+        Returns:
+            Stage name (conv2..conv5) -> its units in order.
+        """
         return {name: list(getattr(self, name)) for name in STAGE_UNITS}
+
+    def block_channels(self, block: nn.Module) -> int:
+        """Output channels of a multi-fibre unit.
+
+        Args:
+            block: a `MultiFiberUnit` of this network.
+
+        Returns:
+            C of the unit's output.
+        """
+        return block.out_channels
+
+    def context_modules(self) -> dict[str, nn.Module]:
+        """The inserted context modules.
+
+        Returns:
+            Position name (`convN_i`) -> the module applied after that unit, in network order.
+        """
+        return block_contexts(self.residual_blocks())
 
     def forward(self, x: Tensor) -> Tensor:
         h = self.maxpool(self.conv1(x))  # 224 -> 112 -> 56

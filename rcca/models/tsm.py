@@ -15,8 +15,12 @@ import torch
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck, ResNet
 
+from rcca.models.insertion import block_contexts
+from rcca.models.positions import FIRST_STAGE, TSM_STAGE_BLOCKS, stage_name
+
 SHIFT_PLACES = ("blockres", "block")
-LAYERS = {18: (BasicBlock, [2, 2, 2, 2]), 34: (BasicBlock, [3, 4, 6, 3]), 50: (Bottleneck, [3, 4, 6, 3])}
+# Depth -> (block type, blocks of conv2..conv5), as torchvision builds them (bottlenecks from ResNet-50 on).
+LAYERS = {depth: (BasicBlock if depth < 50 else Bottleneck, list(blocks)) for depth, blocks in TSM_STAGE_BLOCKS.items()}
 
 
 def temporal_shift(x: Tensor, num_segments: int, shift_div: int = 8) -> Tensor:
@@ -93,6 +97,9 @@ class ShiftBottleneck(_ShiftMixin, Bottleneck):
 class TSMResNet(ResNet):
     """TSM ResNet-18/34/50: 2D ResNet over the N*T frames, temporal shifts, average consensus.
 
+    Satisfies `VideoBackbone`: blocks conv2_1 ... conv5_3 (torchvision's layer1.0 ... layer4.2)
+    take context modules, applied to their output seen as N x C x T x H x W.
+
     Args:
         depth: 18, 34 or 50.
         num_classes: classifier outputs.
@@ -107,10 +114,9 @@ class TSMResNet(ResNet):
     Input N x 3 x T x H x W, output N x num_classes logits.
     """
 
-    classifier_name = "fc"
-
     def __init__(
         self,
+        *,
         depth: int = 50,
         num_classes: int = 400,
         num_segments: int = 8,
@@ -147,10 +153,48 @@ class TSMResNet(ResNet):
         self.layer4 = self._make_layer(block, width * 8, layers[3], stride=2)
         self.fc = nn.Linear(width * 8 * block.expansion, num_classes)
 
+    @property
+    def num_classes(self) -> int:
+        """Number of classes: the classifier's outputs."""
+        return self.fc.out_features
+
+    def get_classifier(self) -> nn.Linear:
+        """The final linear classifier (`fc`).
+
+        Returns:
+            The `nn.Linear` layer that maps pooled features to `num_classes` logits.
+        """
+        return self.fc
+
     def residual_blocks(self) -> dict[str, list[nn.Module]]:
-        """Stage name (conv2..conv5, the paper's naming) -> its residual blocks in order."""
+        """The residual blocks, stage by stage.
+
+        Returns:
+            Stage name (conv2..conv5, the paper's naming; torchvision's layer1..layer4) -> its
+            blocks in order.
+        """
         stages = (self.layer1, self.layer2, self.layer3, self.layer4)
-        return {f"conv{i + 2}": list(stage) for i, stage in enumerate(stages)}
+        return {stage_name(stage): list(blocks) for stage, blocks in enumerate(stages, start=FIRST_STAGE)}
+
+    def block_channels(self, block: nn.Module) -> int:
+        """Output channels of a residual block.
+
+        Args:
+            block: a block of this network (a basic block or a bottleneck).
+
+        Returns:
+            C of the block's output: its last batch norm's width.
+        """
+        last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        return last_bn.num_features
+
+    def context_modules(self) -> dict[str, nn.Module]:
+        """The inserted context modules.
+
+        Returns:
+            Position name (`convN_i`) -> the module applied after that block, in network order.
+        """
+        return block_contexts(self.residual_blocks())
 
     def forward(self, x: Tensor) -> Tensor:
         n, c, t, h, w = x.shape
@@ -160,12 +204,6 @@ class TSMResNet(ResNet):
         pooled = torch.flatten(self.avgpool(features), 1)
         logits = self.fc(self.dropout(pooled))
         return logits.view(n, t, -1).mean(dim=1)  # average consensus over segments
-
-
-def block_out_channels(block: nn.Module) -> int:
-    """Output channels of a torchvision residual block."""
-    last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
-    return last_bn.num_features
 
 
 def load_imagenet_weights(model: TSMResNet, path: str | Path) -> list[str]:

@@ -1,0 +1,118 @@
+"""Command-line handling without subprocesses: exit codes, the data loader's failures, the quick-start's
+group options, test.py's output folder."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import torch
+from torch.utils.data import Dataset
+
+from rcca.config import check_quickstart_dataset, compose_config, validate_config
+from rcca.data.build import build_loader
+from rcca.engine.cli import TRACEBACK_VARIABLE, exit_codes, evaluation_dir_override
+from rcca.engine.trainer import TrainingStopped
+from rcca.errors import DataLoadingFailed, UserError
+
+
+def test_user_errors_exit_2_with_one_line_and_other_errors_keep_their_traceback(capsys, monkeypatch):
+    monkeypatch.delenv(TRACEBACK_VARIABLE, raising=False)
+    with pytest.raises(SystemExit) as stop, exit_codes():
+        raise UserError("dataset.root=/x: folder not found\nsecond line")
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "error: dataset.root=/x: folder not found\n"
+    # A ValueError or FileNotFoundError is a bug, not the user's: it keeps its type and traceback.
+    for error in (ValueError("bad"), FileNotFoundError("gone"), RuntimeError("boom")):
+        with pytest.raises(type(error)), exit_codes():
+            raise error
+
+
+def test_traceback_variable_shows_user_error_tracebacks(capsys, monkeypatch):
+    monkeypatch.setenv(TRACEBACK_VARIABLE, "1")
+    with pytest.raises(SystemExit) as stop, exit_codes():
+        raise UserError("bad value")
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and "Traceback (most recent call last)" in err and err.endswith("error: bad value\n")
+
+
+@pytest.mark.parametrize("code", [130, 143])
+def test_stops_exit_with_their_signal_code(code):
+    with pytest.raises(SystemExit) as stop, exit_codes():
+        raise TrainingStopped("saved last.pt", code)
+    assert stop.value.code == code
+    with pytest.raises(SystemExit) as stop, exit_codes():
+        raise KeyboardInterrupt
+    assert stop.value.code == 130
+
+
+class _Videos(Dataset):
+    """Item 1 kills its worker (a decoder crash) or raises RuntimeError (a bug in a worker), as asked."""
+
+    def __init__(self, crash: bool) -> None:
+        self.crash = crash
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        _, index = key  # EpochSampler yields (epoch, index)
+        if index == 1:
+            if self.crash:
+                os.kill(os.getpid(), signal.SIGKILL)
+            raise RuntimeError("a bug inside the dataset")
+        return {"clip": torch.zeros(1)}
+
+
+def test_loader_reports_a_dead_worker_as_data_loading_failed_and_keeps_worker_errors():
+    loader = build_loader(_Videos(crash=True), batch_size=1, train=False, num_workers=1, seed=0)
+    loader.sampler.set_epoch(0)
+    with pytest.raises(DataLoadingFailed, match="inspect_dataset.py --decode"):
+        list(loader)
+    loader = build_loader(_Videos(crash=False), batch_size=1, train=False, num_workers=1, seed=0)
+    loader.sampler.set_epoch(0)
+    with pytest.raises(RuntimeError, match="a bug inside the dataset") as error:
+        list(loader)
+    assert not isinstance(error.value, UserError)
+
+
+def test_choosing_a_group_replaces_the_quick_starts_option_whole():
+    quick = compose_config([])
+    assert (quick.backbone.depth, quick.module.positions, quick.data.crop_size) == (18, ["conv3_1"], 64)
+    nonlocal_cfg = compose_config(["module=nl"])
+    assert nonlocal_cfg.module.name == "nl" and list(nonlocal_cfg.module.positions) == ["conv4_5"]
+    with pytest.raises(UserError, match="conv4_5 is not a block of tsm18; valid: conv2_1"):
+        validate_config(nonlocal_cfg)  # the quick-start's ResNet-18 has 2 blocks in conv4: said, not hidden
+    r50 = compose_config(["backbone=tsm_r50"])
+    assert (r50.backbone.depth, r50.backbone.width, r50.backbone.dropout) == (50, 64, 0.5)
+    paper_optimizer = compose_config(["optimizer=tsm"]).optimizer
+    assert (paper_optimizer.lr, paper_optimizer.weight_decay, paper_optimizer.clip_grad_norm) == (0.02, 5e-4, 20.0)
+    real = compose_config(["experiment=none", "dataset=ucf101"])
+    assert (real.data.crop_size, real.test.resize_short, real.backbone.depth, list(real.module.positions)) == (
+        224, 256, 50, ["conv3_3"]
+    )
+
+
+def test_a_real_dataset_under_the_default_quick_start_is_refused():
+    with pytest.raises(UserError, match="dataset=ucf101: the default experiment is the CPU quick-start"):
+        check_quickstart_dataset(["dataset=ucf101", "dataset.root=/x"])
+    with pytest.raises(UserError, match="keep the quick-start on dataset=hmdb51"):
+        check_quickstart_dataset(["-m", "dataset=synthetic,hmdb51"])
+    for fine in (["dataset=synthetic"], ["experiment=paper_tsm", "dataset=ucf101"], ["experiment=quickstart", "dataset=video_list"]):
+        check_quickstart_dataset(fine)
+
+
+def test_test_results_go_to_a_new_folder_beside_the_checkpoint(tmp_path):
+    checkpoint = tmp_path / "run" / "best.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(b"")
+    first, second = (evaluation_dir_override([f"ckpt={checkpoint}", "test.num_clips=10"]) for _ in range(2))
+    assert first != second  # two evaluations started in the same second get their own folders
+    for override in (first, second):
+        (line,) = override
+        folder = line.split("=", 1)[1].strip("'")
+        assert folder.startswith(f"{tmp_path / 'run' / 'test' / 'best-'}") and os.path.isdir(folder)
+    assert evaluation_dir_override([f"ckpt={checkpoint}", f"hydra.run.dir={tmp_path / 'mine'}"]) == []
+    assert evaluation_dir_override([f"ckpt={tmp_path / 'missing.pt'}"]) == []
