@@ -13,7 +13,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from rcca.config import check_overrides, register_configs
-from rcca.engine.cli import discard_run_folder_on_failure, exit_codes, evaluation_dir_override
+from rcca.engine.cli import discard_run_folder_on_failure, evaluation_dir_override, exit_codes
 from rcca.engine.test_pipeline import test
 
 register_configs()

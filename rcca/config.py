@@ -19,7 +19,7 @@ import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra._internal.utils import get_args_parser
@@ -113,6 +113,8 @@ def list_of(accepts: Callable[[Any], bool], items: str, nonempty: bool = False) 
     )
 
 
+# fmt: off
+# The schema keeps one key per line with its comment (its documentation), whatever the line length.
 @dataclass
 class BackboneConfig:
     name: str = field(default="tsm", metadata=one_of("tsm", "mfnet"))  # architecture: TSM ResNet or Multi-Fiber Network
@@ -124,7 +126,7 @@ class BackboneConfig:
     shift_div: int = field(default=8, metadata=at_least(2))  # TSM: 1/shift_div of the channels shifted each way in time
     shift_place: str = field(default="blockres", metadata=one_of("blockres", "block"))  # TSM shift inside the residual branch (blockres) or on the block input (block)
     dropout: float = field(default=0.5, metadata=below_one())  # dropout before the classifier
-    pretrained: Optional[str] = field(default=None, metadata=path())  # torchvision ImageNet state dict file (TSM; not downloaded)
+    pretrained: str | None = field(default=None, metadata=path())  # torchvision ImageNet state dict file (TSM; not downloaded)
 
 
 @dataclass
@@ -140,17 +142,17 @@ class SyntheticConfig:
 class DatasetConfig:
     name: str = field(default="synthetic", metadata=one_of(*DATASETS))  # annotation format: the built-in set, lists, official sets
     root: str = field(default=MISSING, metadata=path())  # folder holding the videos (annotations list paths relative to it)
-    annotations: Optional[str] = field(default=None, metadata=path())  # split folder or CSV folder of the official dataset
-    train_list: Optional[str] = field(default=None, metadata=path())  # video_list: training list ("relative/path.mp4 label" lines)
-    test_list: Optional[str] = field(default=None, metadata=path())  # video_list: test list file
-    class_names: Optional[str] = field(default=None, metadata=path())  # video_list: file of class names, one per line in label order
+    annotations: str | None = field(default=None, metadata=path())  # split folder or CSV folder of the official dataset
+    train_list: str | None = field(default=None, metadata=path())  # video_list: training list ("relative/path.mp4 label" lines)
+    test_list: str | None = field(default=None, metadata=path())  # video_list: test list file
+    class_names: str | None = field(default=None, metadata=path())  # video_list: file of class names, one per line in label order
     num_classes: int = field(default=MISSING, metadata=at_least(2))  # number of classes (checked against the annotations)
     split: int = field(default=1, metadata=one_of(1, 2, 3))  # official split (UCF101, HMDB51)
     layout: str = field(default="flat", metadata=one_of("flat", "per_label"))  # Kinetics clips: all in root or root/<label>/<clip>
     backend: str = field(default="decord", metadata=one_of("decord", "pyav", "frames"))  # video reader (frames: img_00001.jpg folders)
     flip: bool = True  # random horizontal flip in training (off where left/right matters)
     allow_missing: bool = False  # train on the videos present when annotations list missing files
-    exclude: Optional[str] = field(default=None, metadata=path())  # file of video paths (as listed) left out of both splits
+    exclude: str | None = field(default=None, metadata=path())  # file of video paths (as listed) left out of both splits
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # synthetic set only
 
 
@@ -174,7 +176,7 @@ class OptimizerConfig:
     nesterov: bool = False  # Nesterov momentum (needs momentum > 0)
     decay_norm_and_bias: bool = False  # apply weight decay to norm layers, biases and gamma too
     classifier_lr_mult: float = field(default=1.0, metadata=non_negative())  # classifier LR multiplier (e.g. 5 for a new head)
-    clip_grad_norm: Optional[float] = field(default=20.0, metadata=positive())  # gradient clipping max norm (TSM: 20); null: none
+    clip_grad_norm: float | None = field(default=20.0, metadata=positive())  # gradient clipping max norm (TSM: 20); null: none
 
 
 @dataclass
@@ -229,11 +231,12 @@ class Config:
     test: TestConfig = field(default_factory=TestConfig)
     data: DataConfig = field(default_factory=DataConfig)
     seed: int = field(default=0, metadata=between(0, 2**32 - 1))  # seed of model init, sampling and augmentation (numpy's range)
-    resume: Optional[str] = field(default=None, metadata=path("auto or a checkpoint path"))  # auto: this run folder's last.pt
+    resume: str | None = field(default=None, metadata=path("auto or a checkpoint path"))  # auto: this run folder's last.pt
     overwrite: bool = False  # let a fresh run (no resume) replace the checkpoints already in its run folder
-    init_from: Optional[str] = field(default=None, metadata=path())  # checkpoint whose weights start a new run (fine-tuning)
+    init_from: str | None = field(default=None, metadata=path())  # checkpoint whose weights start a new run (fine-tuning)
     init_from_format: str = field(default="rcca", metadata=one_of(*INIT_FORMATS))  # this framework's, or an official release's
-    ckpt: Optional[str] = field(default=None, metadata=path())  # test.py: checkpoint to evaluate
+    ckpt: str | None = field(default=None, metadata=path())  # test.py: checkpoint to evaluate
+# fmt: on
 
 
 def register_configs() -> None:
@@ -368,7 +371,9 @@ def _check_together(cfg: DictConfig) -> None:
     dataset = cfg.dataset
     if dataset.name == "synthetic" and not OmegaConf.is_missing(dataset, "num_classes"):
         if dataset.num_classes != SYNTHETIC_CLASSES:
-            raise UserError(f"dataset.num_classes={dataset.num_classes}: the synthetic set has {SYNTHETIC_CLASSES} classes")
+            raise UserError(
+                f"dataset.num_classes={dataset.num_classes}: the synthetic set has {SYNTHETIC_CLASSES} classes"
+            )
 
 
 def _check_positions(backbone: DictConfig, module: DictConfig) -> None:

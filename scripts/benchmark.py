@@ -26,13 +26,11 @@ import itertools
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
 
 import numpy as np
 import torch
@@ -130,9 +128,7 @@ def peak_memory(step: TrainingPass, device: torch.device) -> int:
         return torch.cuda.max_memory_allocated(device) - before
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted(
-        (e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"
-    )
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
     return max(itertools.accumulate((nbytes for _, nbytes in events), initial=0))
 
 
@@ -140,8 +136,10 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
-    print(f"device: {device} ({where}); batch {args.batch} clip(s) of {args.frames} frames; "
-          f"median of {args.repeats} after {args.warmup} warm-up")
+    print(
+        f"device: {device} ({where}); batch {args.batch} clip(s) of {args.frames} frames; "
+        f"median of {args.repeats} after {args.warmup} warm-up"
+    )
     print(f"{'site':<8} {'module':<22} {'input N x C x T x H x W':<26} {'fwd+bwd ms':>11} {'peak MiB':>9}")
     results: list[ModuleResult] = []
     for site, (channels, size) in SITES.items():
@@ -154,8 +152,11 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
             seconds = median_time(step, device, args.warmup, args.repeats)
             result = ModuleResult(site, name, list(shape), seconds * 1e3, peak_memory(step, device) / MIB)
             results.append(result)
-            print(f"{site:<8} {name:<22} {' x '.join(map(str, shape)):<26} "
-                  f"{result.time_ms:>11.1f} {result.peak_mib:>9.1f}", flush=True)
+            print(
+                f"{site:<8} {name:<22} {' x '.join(map(str, shape)):<26} "
+                f"{result.time_ms:>11.1f} {result.peak_mib:>9.1f}",
+                flush=True,
+            )
             del module, x, step
 
     ratios = {}
@@ -164,7 +165,10 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
         rcca = by_name["RCCA3D(R=3)"]
         for other in ("NonLocal3D", "NonLocal3D(subsample)"):
             key = f"{site}: RCCA / {other}"
-            ratios[key] = {"time": rcca.time_ms / by_name[other].time_ms, "memory": rcca.peak_mib / by_name[other].peak_mib}
+            ratios[key] = {
+                "time": rcca.time_ms / by_name[other].time_ms,
+                "memory": rcca.peak_mib / by_name[other].peak_mib,
+            }
             print(f"{key:<40} time x{ratios[key]['time']:.2f}  memory x{ratios[key]['memory']:.2f}")
     return {"device": where, "results": [asdict(r) for r in results], "ratios": ratios}
 
@@ -207,23 +211,27 @@ def benchmark_data(args: argparse.Namespace) -> dict:
         root = Path(tmp)
         start = time.perf_counter()
         records = write_test_videos(root, args.videos, args.video_frames)
-        print(f"wrote {args.videos} videos of {args.video_frames} frames, 320x240, in {time.perf_counter() - start:.1f}s")
+        print(
+            f"wrote {args.videos} videos of {args.video_frames} frames, 320x240, in {time.perf_counter() - start:.1f}s"
+        )
         # read_frames falls back to PyAV when decord fails: make sure decord reads these videos itself
         probe = read_frames_decord(root / records[0].path, lambda n: [0, n - 1])
         if probe.shape[-2:] != (240, 320):
             raise RuntimeError(f"decord read frames of {tuple(probe.shape[-2:])}, expected 240 x 320")
-        print(f"{'clips':<18} {'backend':<8} " + " ".join(f"{f'{w} workers':>10}" for w in args.workers) + "   (clips/s)")
+        print(
+            f"{'clips':<18} {'backend':<8} " + " ".join(f"{f'{w} workers':>10}" for w in args.workers) + "   (clips/s)"
+        )
         for clip_name, (sampling, frames, interval) in CLIPS.items():
             choose = ClipSampling(sampling, frames, interval).train_indices
             rates[clip_name] = {}
             for backend in BACKENDS:
                 dataset = VideoDataset(root, records, backend, choose, transform, seed=0)
-                rates[clip_name][backend] = {w: clips_per_second(dataset, args.batch, w, args.epochs) for w in args.workers}
+                rates[clip_name][backend] = {
+                    w: clips_per_second(dataset, args.batch, w, args.epochs) for w in args.workers
+                }
                 row = " ".join(f"{rates[clip_name][backend][w]:>10.1f}" for w in args.workers)
                 print(f"{clip_name:<18} {backend:<8} {row}", flush=True)
-    ratios = {
-        clip: {w: rates[clip]["decord"][w] / rates[clip]["pyav"][w] for w in args.workers} for clip in rates
-    }
+    ratios = {clip: {w: rates[clip]["decord"][w] / rates[clip]["pyav"][w] for w in args.workers} for clip in rates}
     for clip, by_workers in ratios.items():
         print(f"decord / PyAV, {clip}: " + ", ".join(f"{w} workers x{r:.2f}" for w, r in by_workers.items()))
     return {"cpus": torch.get_num_threads(), "clips_per_s": rates, "decord_over_pyav": ratios}

@@ -24,11 +24,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import sys
-import warnings
-from pathlib import Path
-
-warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")  # raised when fvcore is imported
 
 import torch
 from omegaconf import OmegaConf

@@ -39,7 +39,7 @@ from rcca.data.build import (
     write_exclude_list,
 )
 from rcca.data.checking import scan_videos
-from rcca.data.decoding import BACKENDS, READERS
+from rcca.data.decoding import BACKENDS, READERS, resolve_backend
 from rcca.engine.cli import exit_codes
 from rcca.engine.runtime import check_required
 from rcca.errors import UserError
@@ -73,10 +73,11 @@ def show_classes(dataset: DatasetConfig, annotations: Annotations) -> None:
 def check_exclude_target(path: Path, dataset: DatasetConfig, videos: set[str]) -> None:
     """Raise UserError unless `path` may be (over)written as the exclude list of this dataset.
 
-    Refused: the list files, the class-names file, anything in `dataset.annotations`, a folder (the videos' root
-    included), a file in a folder that does not exist, and an existing file that is not an
-    exclude list (so no video is ever overwritten; a new list may sit beside the videos). An exclude list is `dataset.exclude`, an empty file, a file starting with
-    `EXCLUDE_HEADER`, or one whose entries all name videos of the dataset (`videos`).
+    Refused: the list files, the class-names file, anything in `dataset.annotations`, a folder (the videos'
+    root included), a file in a folder that does not exist, and an existing file that is not an exclude
+    list (so no video is ever overwritten; a new list may sit beside the videos). An exclude list is
+    `dataset.exclude`, an empty file, a file starting with `EXCLUDE_HEADER`, or one whose entries all name
+    videos of the dataset (`videos`).
     """
     target = path.resolve()
     inputs = [  # (key, value, whether it is a folder whose contents are inputs too)
@@ -91,7 +92,9 @@ def check_exclude_target(path: Path, dataset: DatasetConfig, videos: set[str]) -
         owned = Path(value).resolve()
         if target == owned or (folder and owned in target.parents):
             where = "is" if target == owned else "is inside"
-            raise UserError(f"--write-exclude {path}: {where} {key}={value}, an input of the dataset; write the list elsewhere")
+            raise UserError(
+                f"--write-exclude {path}: {where} {key}={value}, an input of the dataset; write the list elsewhere"
+            )
     if path.is_dir():
         raise UserError(f"--write-exclude {path}: is a folder; give a file")
     if not path.parent.is_dir():
@@ -142,7 +145,10 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
         absent = set(missing["train"] + missing["test"])
         present = list(dict.fromkeys(r.path for records in splits.values() for r in records if r.path not in absent))
         failures = scan_videos(root, present, backend, timeout, progress=sys.stderr.isatty())
-        show(f"undecodable with {READERS[backend]} (of {len(present)} read)", [f"{p}: {why}" for p, why in failures.items()])
+        show(
+            f"undecodable with {READERS[resolve_backend(backend)]} (of {len(present)} read)",
+            [f"{p}: {why}" for p, why in failures.items()],
+        )
         summary["undecodable"] = len(failures)
         if exclude_file is not None:
             # Videos already excluded were not read: keep them, so a second pass never loses the first one's finds.
@@ -157,12 +163,17 @@ def main() -> None:
     """Parse `--decode` and hand the other arguments to Hydra as overrides; print the report; exit 1
     if a video is missing or undecodable."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0], epilog=__doc__[__doc__.index("Exit status"):],
+        description=__doc__.splitlines()[0],
+        epilog=__doc__[__doc__.index("Exit status") :],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--decode", action="store_true", help="also read every present video and report failures")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds one video may take before it counts as hung")
-    parser.add_argument("--write-exclude", type=Path, metavar="FILE", help="with --decode: write the failing paths, for dataset.exclude")
+    parser.add_argument(
+        "--timeout", type=float, default=60.0, help="seconds one video may take before it counts as hung"
+    )
+    parser.add_argument(
+        "--write-exclude", type=Path, metavar="FILE", help="with --decode: write the failing paths, for dataset.exclude"
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")
     args = parser.parse_intermixed_args()
     with exit_codes():

@@ -33,10 +33,17 @@ def run_entry(
         overrides = (*overrides, "trainer.num_workers=0")
     env = {**os.environ, "OMP_NUM_THREADS": "2", **(env or {})}
     result = subprocess.run(
-        [sys.executable, str(REPO / script), *overrides], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env
+        [sys.executable, str(REPO / script), *overrides],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
     if check and result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+        raise AssertionError(
+            f"{script} failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
     return result
 
 

@@ -124,9 +124,7 @@ def test_ucf101_missing_folder_and_file(tmp_path: Path) -> None:
 def test_ucf101_label_disagreeing_with_folder(tmp_path: Path) -> None:
     shutil.copy(UCF / "classInd.txt", tmp_path)
     shutil.copy(UCF / "testlist01.txt", tmp_path)
-    (tmp_path / "trainlist01.txt").write_text(
-        "YoYo/v_YoYo_g08_c01.avi 101\nYoYo/v_YoYo_g08_c02.avi 5\n"
-    )
+    (tmp_path / "trainlist01.txt").write_text("YoYo/v_YoYo_g08_c01.avi 101\nYoYo/v_YoYo_g08_c02.avi 5\n")
     with pytest.raises(AnnotationError, match=r"trainlist01\.txt:2: label 5"):
         load_ucf101(tmp_path, 1)
 
@@ -248,8 +246,7 @@ def test_kinetics_errors(kinetics_dir: Path) -> None:
     with pytest.raises(AnnotationError, match=r"no_id\.csv: CSV header lacks column\(s\) youtube"):
         load_kinetics(kinetics_dir, test_csv="no_id.csv")
     (kinetics_dir / "bad.csv").write_text(
-        "label,youtube_id,time_start,time_end\n"
-        "abseiling,aaaaaaaaaaa,1,11\nflying,bbbbbbbbbbb,1,11\n"
+        "label,youtube_id,time_start,time_end\nabseiling,aaaaaaaaaaa,1,11\nflying,bbbbbbbbbbb,1,11\n"
     )
     with pytest.raises(AnnotationError, match=r"bad\.csv:3: label 'flying' is not one of the 400"):
         load_kinetics(kinetics_dir, test_csv="bad.csv")
@@ -338,9 +335,7 @@ def test_video_list_errors(tmp_path: Path) -> None:
     with pytest.raises(AnnotationError, match=r"nolabel\.txt:1: expected"):
         load_video_list(tmp_path / "nolabel.txt", tmp_path / "ok.txt")
     with pytest.raises(AnnotationError, match="num_classes=2 but 3 class_names"):
-        load_video_list(
-            tmp_path / "ok.txt", tmp_path / "ok.txt", num_classes=2, class_names=["a", "b", "c"]
-        )
+        load_video_list(tmp_path / "ok.txt", tmp_path / "ok.txt", num_classes=2, class_names=["a", "b", "c"])
     with pytest.raises(AnnotationError, match="dataset.annotations") as info:
         load_video_list(tmp_path / "gone.txt", tmp_path / "ok.txt")
     assert str(tmp_path / "gone.txt") in str(info.value)

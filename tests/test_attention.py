@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig
 from rcca.engine.optim import build_optimizer
-from rcca.models.attention import CrissCrossAttention3D, RCCA3D
+from rcca.models.attention import RCCA3D, CrissCrossAttention3D
 from rcca.models.build import build_model
 from rcca.models.nonlocal_block import NonLocal3D
 from rcca.models.tsm import TSMResNet, load_imagenet_weights

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_entry
 from omegaconf import OmegaConf
 
-from conftest import run_entry
 from rcca.config import Config
 from rcca.data.synthetic import SyntheticSpec, render_video, write_video
 
@@ -44,9 +44,19 @@ def test_ucf101_split_sweep_then_average(tmp_path):
             write_video(root / name / f"v_{name}_g{group:02d}_c01.avi", render_video(label, spec, rng))
     sweep = tmp_path / "sweep"
     run_entry(
-        "train.py", "-m", "dataset=ucf101", f"dataset.root={root}", f"dataset.annotations={FIXTURES / 'ucf101'}",
-        "dataset.allow_missing=true", "dataset.split=1,2,3", f"hydra.sweep.dir={sweep}", "trainer.epochs=1",
-        "trainer.batch_size=2", "trainer.effective_batch_size=2", "test.batch_size=2", "trainer.num_workers=0",
+        "train.py",
+        "-m",
+        "dataset=ucf101",
+        f"dataset.root={root}",
+        f"dataset.annotations={FIXTURES / 'ucf101'}",
+        "dataset.allow_missing=true",
+        "dataset.split=1,2,3",
+        f"hydra.sweep.dir={sweep}",
+        "trainer.epochs=1",
+        "trainer.batch_size=2",
+        "trainer.effective_batch_size=2",
+        "test.batch_size=2",
+        "trainer.num_workers=0",
         timeout=600,
     )
     top1 = {}
@@ -58,7 +68,11 @@ def test_ucf101_split_sweep_then_average(tmp_path):
     assert sorted(top1) == ["1", "2", "3"]
     result = run_entry("scripts/average_splits.py", str(sweep))
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary == [{
-        "model": "tsm + rcca@conv3_1", "dataset": "ucf101", "splits": top1,
-        "mean": pytest.approx(sum(top1.values()) / 3),
-    }]
+    assert summary == [
+        {
+            "model": "tsm + rcca@conv3_1",
+            "dataset": "ucf101",
+            "splits": top1,
+            "mean": pytest.approx(sum(top1.values()) / 3),
+        }
+    ]

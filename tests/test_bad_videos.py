@@ -21,8 +21,8 @@ import av
 import numpy as np
 import pytest
 import torch
-
 from conftest import run_entry
+
 from rcca.config import DatasetConfig
 from rcca.data.annotations import VideoRecord
 from rcca.data.build import ClipSampling, build_loader, load_dataset
@@ -237,7 +237,11 @@ def write_lists(root: Path, train: list[str], test: list[str]) -> DatasetConfig:
     for split, names in (("train", train), ("test", test)):
         (root / f"{split}.txt").write_text("".join(f"{name} {i % 2}\n" for i, name in enumerate(names)))
     return DatasetConfig(
-        name="video_list", root=str(root), train_list=str(root / "train.txt"), test_list=str(root / "test.txt"), num_classes=2
+        name="video_list",
+        root=str(root),
+        train_list=str(root / "train.txt"),
+        test_list=str(root / "test.txt"),
+        num_classes=2,
     )
 
 
@@ -268,7 +272,9 @@ def test_load_dataset_drops_missing_videos_when_allowed(root: Path) -> None:
 def test_root_that_is_a_file_is_a_one_line_error(root: Path) -> None:
     cfg = write_lists(root, [GOOD[0]], [GOOD[1]])
     cfg.root = str(root / GOOD[0])
-    with pytest.raises(UserError, match=rf"^dataset.root={re.escape(cfg.root)} is a file, not a folder; set dataset.root to "):
+    with pytest.raises(
+        UserError, match=rf"^dataset.root={re.escape(cfg.root)} is a file, not a folder; set dataset.root to "
+    ):
         load_dataset(cfg)
 
 
@@ -282,9 +288,17 @@ def test_training_on_undecodable_videos_is_a_one_line_error(tmp_path: Path) -> N
         (root / f"broken{i}.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
     (tmp_path / "list.txt").write_text("".join(f"broken{i}.mp4 {i % 2}\n" for i in range(4)))
     result = run_entry(
-        "train.py", "experiment=quickstart", "dataset=video_list", f"dataset.root={root}", "dataset.num_classes=2",
-        f"dataset.train_list={tmp_path / 'list.txt'}", f"dataset.test_list={tmp_path / 'list.txt'}",
-        "trainer.batch_size=2", "trainer.effective_batch_size=2", "trainer.num_workers=2", f"hydra.run.dir={tmp_path / 'run'}",
+        "train.py",
+        "experiment=quickstart",
+        "dataset=video_list",
+        f"dataset.root={root}",
+        "dataset.num_classes=2",
+        f"dataset.train_list={tmp_path / 'list.txt'}",
+        f"dataset.test_list={tmp_path / 'list.txt'}",
+        "trainer.batch_size=2",
+        "trainer.effective_batch_size=2",
+        "trainer.num_workers=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
         check=False,
     )
     assert result.returncode == 2, result.stderr[-2000:]
@@ -300,10 +314,19 @@ def test_training_reports_each_bad_video_once_and_decoders_stay_quiet(root: Path
     for split, names in (("train", train), ("test", GOOD[:2])):
         (tmp_path / f"{split}.txt").write_text("".join(f"{name} {i % 2}\n" for i, name in enumerate(names)))
     result = run_entry(
-        "train.py", "experiment=quickstart", "dataset=video_list", f"dataset.root={root}", "dataset.num_classes=2",
-        f"dataset.train_list={tmp_path / 'train.txt'}", f"dataset.test_list={tmp_path / 'test.txt'}",
-        "trainer.epochs=2", "trainer.batch_size=2", "trainer.effective_batch_size=2", "trainer.num_workers=2",
-        "test.batch_size=2", f"hydra.run.dir={tmp_path / 'run'}",
+        "train.py",
+        "experiment=quickstart",
+        "dataset=video_list",
+        f"dataset.root={root}",
+        "dataset.num_classes=2",
+        f"dataset.train_list={tmp_path / 'train.txt'}",
+        f"dataset.test_list={tmp_path / 'test.txt'}",
+        "trainer.epochs=2",
+        "trainer.batch_size=2",
+        "trainer.effective_batch_size=2",
+        "trainer.num_workers=2",
+        "test.batch_size=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
     )
     output = (result.stdout + result.stderr).splitlines()
     for name in ("truncated.mp4", "text.mp4"):

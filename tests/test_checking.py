@@ -40,7 +40,9 @@ def test_scan_survives_crashing_and_hanging_videos(tmp_path):
 
 
 def test_scan_blames_a_crash_on_the_last_video(tmp_path):
-    failures = scan_videos(tmp_path, ["a.mp4", "crash.mp4"], "decord", timeout=3, reader=misbehaving_reader, progress=False)
+    failures = scan_videos(
+        tmp_path, ["a.mp4", "crash.mp4"], "decord", timeout=3, reader=misbehaving_reader, progress=False
+    )
     assert failures == {"crash.mp4": f"decoder crashed (exit code {-signal.SIGSEGV})"}
 
 
@@ -57,8 +59,12 @@ def _video_list(tmp_path: Path, exclude: str | None) -> DatasetConfig:
     (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 1\nc_#_2.mp4 0\n")
     (tmp_path / "test.txt").write_text("d.mp4 1\nb.mp4 1\n")
     return DatasetConfig(
-        name="video_list", root=str(root), train_list=str(tmp_path / "train.txt"), test_list=str(tmp_path / "test.txt"),
-        num_classes=2, exclude=exclude,
+        name="video_list",
+        root=str(root),
+        train_list=str(tmp_path / "train.txt"),
+        test_list=str(tmp_path / "test.txt"),
+        num_classes=2,
+        exclude=exclude,
     )
 
 
@@ -68,7 +74,11 @@ def test_exclude_list_leaves_videos_out_of_both_splits(tmp_path):
     # (HMDB51 has such files); only a line that starts with '#' is a comment.
     write_exclude_list(exclude, {"b.mp4": "# decoder crashed (exit code -11)", "c_#_2.mp4": "", "not-listed.mp4": ""})
     exclude.write_text("# found by inspect_dataset\n\n" + exclude.read_text())
-    assert read_exclude_list(exclude) == {"b.mp4": "# decoder crashed (exit code -11)", "c_#_2.mp4": "", "not-listed.mp4": ""}
+    assert read_exclude_list(exclude) == {
+        "b.mp4": "# decoder crashed (exit code -11)",
+        "c_#_2.mp4": "",
+        "not-listed.mp4": "",
+    }
     _, annotations = load_dataset(_video_list(tmp_path, str(exclude)), progress=False)
     assert [r.path for r in annotations.train] == ["a.mp4"]
     assert [r.path for r in annotations.test] == ["d.mp4"]
@@ -88,7 +98,9 @@ def test_exclude_list_is_written_whole_or_not_at_all(tmp_path, monkeypatch):
     exclude = tmp_path / "bad.txt"
     write_exclude_list(exclude, {"a.mp4": "# decoder crashed (exit code -11)"})
     before = exclude.read_text()
-    assert before.splitlines()[0].startswith("# ") and read_exclude_list(exclude) == {"a.mp4": "# decoder crashed (exit code -11)"}
+    assert before.splitlines()[0].startswith("# ") and read_exclude_list(exclude) == {
+        "a.mp4": "# decoder crashed (exit code -11)"
+    }
 
     def interrupted(source, target):
         raise OSError("disk full")

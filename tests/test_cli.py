@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, run_entry
+
 from rcca.data.synthetic import SyntheticSpec, set_folder_name
 
 
@@ -38,7 +38,9 @@ def test_train_writes_outputs_and_test_reads_them(tmp_path, synthetic_cache):
 
     # test.py needs only the checkpoint: the model config comes from it.
     test_dir = tmp_path / "test"
-    result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "test.num_crops=3", "experiment=none")
+    result = run_entry(
+        "test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "test.num_crops=3", "experiment=none"
+    )
     assert "1 clip x 3 crops" in result.stdout
     tested = json.loads((test_dir / "metrics.json").read_text())
     assert tested["num_videos"] == 16 and tested["num_crops"] == 3
@@ -57,8 +59,12 @@ def test_train_writes_outputs_and_test_reads_them(tmp_path, synthetic_cache):
         (test_only / video).symlink_to(videos / video)
     assert not (test_only / (videos / "train.txt").read_text().split()[0]).exists()
     result = run_entry(
-        "test.py", f"ckpt={run_dir / 'best.pt'}", "dataset=video_list", f"dataset.root={test_only}",
-        f"dataset.train_list={test_only / 'train.txt'}", f"dataset.test_list={test_only / 'test.txt'}",
+        "test.py",
+        f"ckpt={run_dir / 'best.pt'}",
+        "dataset=video_list",
+        f"dataset.root={test_only}",
+        f"dataset.train_list={test_only / 'train.txt'}",
+        f"dataset.test_list={test_only / 'test.txt'}",
         "dataset.num_classes=8",
     )
     (folder,) = (run_dir / "test").iterdir()
@@ -80,8 +86,14 @@ def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path):
 def test_sweep_job_folders_carry_their_overrides(tmp_path, synthetic_cache):
     sweep = tmp_path / "sweep"
     result = run_entry(
-        "train.py", "-m", *TINY, "trainer.epochs=1", f"data.cache_dir={synthetic_cache}", f"hydra.sweep.dir={sweep}",
-        "seed=3", "trainer.num_workers=0",
+        "train.py",
+        "-m",
+        *TINY,
+        "trainer.epochs=1",
+        f"data.cache_dir={synthetic_cache}",
+        f"hydra.sweep.dir={sweep}",
+        "seed=3",
+        "trainer.num_workers=0",
     )
     assert result.returncode == 0
     (job,) = [path for path in sweep.iterdir() if path.is_dir() and not path.name.startswith(".")]
@@ -96,8 +108,13 @@ def test_user_errors_are_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error: dataset.")
     assert "Traceback" not in result.stderr
     result = run_entry(
-        "train.py", "experiment=none", "dataset=ucf101", "dataset.root=/no/such/folder", "dataset.annotations=/x",
-        f"hydra.run.dir={tmp_path}", check=False,
+        "train.py",
+        "experiment=none",
+        "dataset=ucf101",
+        "dataset.root=/no/such/folder",
+        "dataset.annotations=/x",
+        f"hydra.run.dir={tmp_path}",
+        check=False,
     )
     assert result.returncode == 2 and "dataset.root=/no/such/folder" in result.stderr
     result = run_entry("train.py", "module=foo", check=False)
@@ -121,7 +138,14 @@ def _wait_for(condition, timeout: float) -> None:
 def _start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen:
     """train.py in its own process group (session), as a job under a scheduler."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    args = [sys.executable, str(REPO / "train.py"), *TINY, f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra]
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *TINY,
+        f"data.cache_dir={cache}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
     return subprocess.Popen(
         args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
     )
@@ -172,7 +196,9 @@ def test_stop_signal_saves_last_checkpoint(tmp_path, synthetic_cache, stop_signa
     # signals every process of the job, DataLoader workers included (`whole_job`): they must
     # leave the stop to the main process.
     run_dir = tmp_path / "term"
-    process = _start(run_dir, synthetic_cache, "trainer.epochs=50", "trainer.checkpoint_every=1", "trainer.num_workers=2")
+    process = _start(
+        run_dir, synthetic_cache, "trainer.epochs=50", "trainer.checkpoint_every=1", "trainer.num_workers=2"
+    )
     _wait_for(lambda: _step(run_dir / "last.pt") >= 1, timeout=120)
     os.remove(run_dir / "last.pt")
     if whole_job:
@@ -196,8 +222,15 @@ def test_init_from_with_other_class_count_reinitialises_classifier(tmp_path, syn
         lists[split] = tmp_path / f"{split}2.txt"
         lists[split].write_text("".join(f"{path} {int(label) // 4}\n" for path, label in lines))
     run_dir, _ = tiny_run(
-        tmp_path, synthetic_cache, "finetune", "trainer.epochs=1", "dataset=video_list", f"dataset.root={root}",
-        f"dataset.train_list={lists['train']}", f"dataset.test_list={lists['test']}", "dataset.num_classes=2",
+        tmp_path,
+        synthetic_cache,
+        "finetune",
+        "trainer.epochs=1",
+        "dataset=video_list",
+        f"dataset.root={root}",
+        f"dataset.train_list={lists['train']}",
+        f"dataset.test_list={lists['test']}",
+        "dataset.num_classes=2",
         f"init_from={source_dir / 'last.pt'}",
     )
     log = (run_dir / "train.log").read_text()
@@ -217,7 +250,9 @@ def test_channels_last_and_mixed_precision_run_resume_and_test(tmp_path, synthet
     common = ("trainer.channels_last=true", f"trainer.device={device}")
     run_dir, _ = tiny_run(tmp_path, synthetic_cache, "mixed", "trainer.epochs=1", *common)
     assert torch.load(run_dir / "last.pt", weights_only=False)["scaler"] == {}
-    _, result = tiny_run(tmp_path, synthetic_cache, "mixed", "trainer.epochs=2", "trainer.amp=fp16", "resume=auto", *common)
+    _, result = tiny_run(
+        tmp_path, synthetic_cache, "mixed", "trainer.epochs=2", "trainer.amp=fp16", "resume=auto", *common
+    )
     assert "done: 2 epochs" in result.stdout
     saved = torch.load(run_dir / "last.pt", weights_only=False)
     assert saved["epoch"] == 2 and saved["config"]["trainer"]["amp"] == "fp16"
@@ -225,10 +260,18 @@ def test_channels_last_and_mixed_precision_run_resume_and_test(tmp_path, synthet
     assert scaler["scale"] < 2.0**16 or scaler["_growth_tracker"] > 0  # it moved from its initial state: it stepped
 
     test_dir = tmp_path / "test_bf16"
-    run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "trainer.amp=bf16", f"trainer.device={device}")
+    run_entry(
+        "test.py",
+        f"ckpt={run_dir / 'last.pt'}",
+        f"hydra.run.dir={test_dir}",
+        "trainer.amp=bf16",
+        f"trainer.device={device}",
+    )
     assert json.loads((test_dir / "metrics.json").read_text())["num_videos"] == 16
     assert "precision bf16, channels-last" in (test_dir / "test.log").read_text()
-    result = run_entry("test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "trainer.amp=fp8", check=False)
+    result = run_entry(
+        "test.py", f"ckpt={run_dir / 'last.pt'}", f"hydra.run.dir={test_dir}", "trainer.amp=fp8", check=False
+    )
     assert result.returncode == 2 and "trainer.amp=fp8: must be one of off, bf16, fp16" in result.stderr
 
 
@@ -245,9 +288,21 @@ def test_torchrun_two_processes(tmp_path, synthetic_cache, device, extra):
     sweep = tmp_path / "sweep"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(REPO / "train.py"), "-m",
-        *TINY, f"data.cache_dir={synthetic_cache}", f"hydra.sweep.dir={sweep}", "trainer.epochs=1", "seed=0,1",
-        "trainer.num_workers=0", f"trainer.device={device}", *extra,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        str(REPO / "train.py"),
+        "-m",
+        *TINY,
+        f"data.cache_dir={synthetic_cache}",
+        f"hydra.sweep.dir={sweep}",
+        "trainer.epochs=1",
+        "seed=0,1",
+        "trainer.num_workers=0",
+        f"trainer.device={device}",
+        *extra,
     ]
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -8,11 +8,11 @@ from functools import cache
 
 import pytest
 import torch
+from conftest import run_entry
 from torch import nn
 
-from conftest import run_entry
 from rcca.config import BackboneConfig, ModuleConfig
-from rcca.models.attention import CrissCrossAttention3D, RCCA3D
+from rcca.models.attention import RCCA3D, CrissCrossAttention3D
 from rcca.models.build import build_model
 from rcca.models.complexity import count_macs, count_parameters, mac_analysis
 from rcca.models.nonlocal_block import NonLocal3D
@@ -55,7 +55,9 @@ def macs_of(module: nn.Module, c: int, t: int, h: int, w: int, n: int = 1) -> in
         return count_macs(module.eval(), torch.zeros(n, c, t, h, w))
 
 
-@pytest.mark.parametrize("n, c, t, h, w, inner, value", [(1, 16, 4, 5, 6, 4, 16), (2, 8, 1, 3, 7, 2, 4), (1, 4, 1, 1, 1, 1, 4)])
+@pytest.mark.parametrize(
+    "n, c, t, h, w, inner, value", [(1, 16, 4, 5, 6, 4, 16), (2, 8, 1, 3, 7, 2, 4), (1, 4, 1, 1, 1, 1, 4)]
+)
 def test_cca_count_matches_shapes(n: int, c: int, t: int, h: int, w: int, inner: int, value: int) -> None:
     assert macs_of(CrissCrossAttention3D(c, inner, value), c, t, h, w, n) == cca_macs(n, c, t, h, w, inner, value)
 

@@ -11,11 +11,16 @@ import typing
 from pathlib import Path
 
 import pytest
+from conftest import run_entry
 from omegaconf import OmegaConf, open_dict
 
-from conftest import run_entry
 from rcca.config import (
-    CHOICES, RULE, SYNTHETIC_CLASSES, Config, check_overrides, compose_config,
+    CHOICES,
+    RULE,
+    SYNTHETIC_CLASSES,
+    Config,
+    check_overrides,
+    compose_config,
     validate_config,
 )
 from rcca.errors import UserError
@@ -46,9 +51,13 @@ def bad_choice(kind: type, choices: tuple) -> str | int:
 
 
 CHOICE_CASES = [
-    (f"{key}={bad_choice(kind, entry.metadata[CHOICES])}",
-     f"{key}={bad_choice(kind, entry.metadata[CHOICES])}: must be one of {', '.join(map(str, entry.metadata[CHOICES]))}")
-    for key, kind, entry in schema_fields() if CHOICES in entry.metadata
+    (
+        f"{key}={bad_choice(kind, entry.metadata[CHOICES])}",
+        f"{key}={bad_choice(kind, entry.metadata[CHOICES])}: must be one of "
+        + ", ".join(map(str, entry.metadata[CHOICES])),
+    )
+    for key, kind, entry in schema_fields()
+    if CHOICES in entry.metadata
 ]
 
 BAD_VALUES = [
@@ -92,17 +101,28 @@ BAD_VALUES = [
     ("dataset.synthetic.num_test=0", "dataset.synthetic.num_test=0: must be an integer >= 1"),
     ("resume=''", "resume=: must be auto or a checkpoint path"),
     # Rules that tie keys together.
-    ("data.crop_size=96", "data.crop_size=96 is larger than test.resize_short=64: test crops are cut from the resized "
-                          "frames; raise test.resize_short or lower data.crop_size"),
-    ("trainer.effective_batch_size=24", "trainer.effective_batch_size=24: must be a multiple of trainer.batch_size=16 "
-                                        "(the clips of one update are whole batches)"),
-    ("module.positions=[conv3_3]", "module.positions=[conv3_3]: conv3_3 is not a block of tsm18; valid: conv2_1, conv2_2, "
-                                   "conv3_1, conv3_2, conv4_1, conv4_2, conv5_1, conv5_2"),
+    (
+        "data.crop_size=96",
+        "data.crop_size=96 is larger than test.resize_short=64: test crops are cut from the resized "
+        "frames; raise test.resize_short or lower data.crop_size",
+    ),
+    (
+        "trainer.effective_batch_size=24",
+        "trainer.effective_batch_size=24: must be a multiple of trainer.batch_size=16 "
+        "(the clips of one update are whole batches)",
+    ),
+    (
+        "module.positions=[conv3_3]",
+        "module.positions=[conv3_3]: conv3_3 is not a block of tsm18; valid: conv2_1, conv2_2, "
+        "conv3_1, conv3_2, conv4_1, conv4_2, conv5_1, conv5_2",
+    ),
     ("module.positions=[conv3_1,conv3_1]", "module.positions=[conv3_1, conv3_1]: conv3_1 is listed twice"),
     ("module.positions=[]", "module.positions is empty for module.name=rcca; list blocks such as [conv3_3]"),
     ("optimizer.momentum=0 optimizer.nesterov=true", "optimizer.nesterov=true needs optimizer.momentum > 0 (it is 0)"),
-    ("backbone=mfnet backbone.pretrained=r50.pth", "backbone.pretrained=r50.pth: ImageNet weights apply to TSM backbones "
-                                                   "only; use init_from for MF-Net"),
+    (
+        "backbone=mfnet backbone.pretrained=r50.pth",
+        "backbone.pretrained=r50.pth: ImageNet weights apply to TSM backbones only; use init_from for MF-Net",
+    ),
     ("dataset.num_classes=5", "dataset.num_classes=5: the synthetic set has 8 classes"),
 ] + CHOICE_CASES
 
@@ -114,18 +134,37 @@ def test_bad_value_is_refused_naming_key_value_and_rule(overrides, message):
 
 def test_every_choice_key_is_covered():
     keys = {case[0].split("=")[0] for case in CHOICE_CASES}
-    assert {"backbone.name", "backbone.depth", "backbone.sampling", "module.name", "module.structure", "dataset.name",
-            "dataset.backend", "dataset.layout", "dataset.split", "trainer.amp", "trainer.device", "test.num_crops",
-            "init_from_format", "backbone.shift_place"} == keys
+    assert {
+        "backbone.name",
+        "backbone.depth",
+        "backbone.sampling",
+        "module.name",
+        "module.structure",
+        "dataset.name",
+        "dataset.backend",
+        "dataset.layout",
+        "dataset.split",
+        "trainer.amp",
+        "trainer.device",
+        "test.num_crops",
+        "init_from_format",
+        "backbone.shift_place",
+    } == keys
 
 
 @pytest.mark.parametrize(
     "overrides",
-    [[], ["experiment=none"], ["experiment=paper_tsm"], ["experiment=paper_mfnet"],
-     ["experiment=paper_tsm", "dataset=ucf101", "module=nl"], ["experiment=paper_mfnet", "module=none"],
-     ["experiment=none", "dataset=kinetics400", "dataset.layout=per_label"],
-     ["experiment=none", "dataset=video_list"],  # root and num_classes still ??? (reported as missing elsewhere)
-     ["trainer.device=cuda", "trainer.amp=bf16", "init_from_format=tsn", "resume=auto", "seed=4294967295"]],
+    [
+        [],
+        ["experiment=none"],
+        ["experiment=paper_tsm"],
+        ["experiment=paper_mfnet"],
+        ["experiment=paper_tsm", "dataset=ucf101", "module=nl"],
+        ["experiment=paper_mfnet", "module=none"],
+        ["experiment=none", "dataset=kinetics400", "dataset.layout=per_label"],
+        ["experiment=none", "dataset=video_list"],  # root and num_classes still ??? (reported as missing elsewhere)
+        ["trainer.device=cuda", "trainer.amp=bf16", "init_from_format=tsn", "resume=auto", "seed=4294967295"],
+    ],
 )
 def test_shipped_configs_and_good_values_pass(overrides):
     validate_config(compose_config(overrides))
@@ -185,13 +224,21 @@ def test_key_that_the_schema_lacks_is_refused(section):
 @pytest.mark.parametrize("prefix", ["", "+", "++", "~"])
 @pytest.mark.parametrize(
     "key, hint",
-    [("trainer.epoch", "did you mean trainer.epochs?"), ("trainr.epochs", "did you mean trainer.epochs?"),
-     ("backbone.nam", "did you mean backbone.name?"), ("dataset.rot", "did you mean dataset.root?"),
-     ("dataset.synthetic.num_trian", "did you mean dataset.synthetic.num_train?"),
-     ("module.recurence", "did you mean module.recurrence?"), ("optimizer.learning_rate", "the keys of optimizer are lr, "),
-     ("schedule.milestone", "did you mean schedule.milestones?"), ("test.num_clip", "did you mean test.num_clips?"),
-     ("data.scale", "did you mean data.scales?"), ("sead", "did you mean seed?"),
-     ("num_workers", "did you mean trainer.num_workers?"), ("zzz", "the keys are backbone, dataset, ")],
+    [
+        ("trainer.epoch", "did you mean trainer.epochs?"),
+        ("trainr.epochs", "did you mean trainer.epochs?"),
+        ("backbone.nam", "did you mean backbone.name?"),
+        ("dataset.rot", "did you mean dataset.root?"),
+        ("dataset.synthetic.num_trian", "did you mean dataset.synthetic.num_train?"),
+        ("module.recurence", "did you mean module.recurrence?"),
+        ("optimizer.learning_rate", "the keys of optimizer are lr, "),
+        ("schedule.milestone", "did you mean schedule.milestones?"),
+        ("test.num_clip", "did you mean test.num_clips?"),
+        ("data.scale", "did you mean data.scales?"),
+        ("sead", "did you mean seed?"),
+        ("num_workers", "did you mean trainer.num_workers?"),
+        ("zzz", "the keys are backbone, dataset, "),
+    ],
 )
 def test_unknown_key_on_the_command_line_is_refused_with_a_suggestion(prefix, key, hint):
     override = f"{prefix}{key}" if prefix == "~" else f"{prefix}{key}=2"
@@ -206,12 +253,28 @@ def test_schema_key_cannot_be_deleted():
 
 
 def test_group_choices_hydra_keys_and_known_keys_pass(tmp_path):
-    check_overrides([
-        "-m", "--cfg", "job", "experiment=none", "+experiment=paper_tsm", "~experiment", "dataset=ucf101",
-        "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.job.chdir=true", f"hydra.run.dir={tmp_path}/new/run",
-        "hydra.sweep.dir=outputs/${now:%Y}", "trainer.epochs=1,2", "++trainer.epochs=3", "seed=0",
-        "dataset.synthetic.num_train=3", "dataset.synthetic={num_train: 3}", "data.scales=[1.0]",
-    ])
+    check_overrides(
+        [
+            "-m",
+            "--cfg",
+            "job",
+            "experiment=none",
+            "+experiment=paper_tsm",
+            "~experiment",
+            "dataset=ucf101",
+            "hydra/launcher=slurm",
+            "hydra.launcher.partition=gpu",
+            "hydra.job.chdir=true",
+            f"hydra.run.dir={tmp_path}/new/run",
+            "hydra.sweep.dir=outputs/${now:%Y}",
+            "trainer.epochs=1,2",
+            "++trainer.epochs=3",
+            "seed=0",
+            "dataset.synthetic.num_train=3",
+            "dataset.synthetic={num_train: 3}",
+            "data.scales=[1.0]",
+        ]
+    )
 
 
 @pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
@@ -236,15 +299,22 @@ def assert_one_line_error(result, *fragments: str) -> None:
 
 @pytest.mark.parametrize(
     "script, override, fragments",
-    [("train.py", "+trainer.epoch=2", ["+trainer.epoch=2", "did you mean trainer.epochs?"]),
-     ("test.py", "+test.num_clip=2", ["+test.num_clip=2", "did you mean test.num_clips?"]),
-     ("train.py", "hydra.run.dir={tmp}/afile/run", ["hydra.run.dir=", "afile is a file"])],
+    [
+        ("train.py", "+trainer.epoch=2", ["+trainer.epoch=2", "did you mean trainer.epochs?"]),
+        ("test.py", "+test.num_clip=2", ["+test.num_clip=2", "did you mean test.num_clips?"]),
+        ("train.py", "hydra.run.dir={tmp}/afile/run", ["hydra.run.dir=", "afile is a file"]),
+    ],
 )
 def test_end_to_end_command_line_key(tmp_path, script, override, fragments):
     (tmp_path / "afile").write_text("")
     result = run_entry(
-        script, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
-        override.format(tmp=tmp_path), "ckpt=none.pt", timeout=60, check=False,
+        script,
+        f"data.cache_dir={tmp_path / 'cache'}",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        override.format(tmp=tmp_path),
+        "ckpt=none.pt",
+        timeout=60,
+        check=False,
     )
     assert_one_line_error(result, *fragments)
     assert not (tmp_path / "run").exists() and not (tmp_path / "cache").exists()
@@ -252,8 +322,10 @@ def test_end_to_end_command_line_key(tmp_path, script, override, fragments):
 
 @pytest.mark.parametrize(
     "override, message",
-    [("trainer.eval_every=0", "trainer.eval_every=0: must be an integer >= 1"),
-     ("module.inner_fraction=2", "module.inner_fraction=2.0: must be a number in (0, 1]")],
+    [
+        ("trainer.eval_every=0", "trainer.eval_every=0: must be an integer >= 1"),
+        ("module.inner_fraction=2", "module.inner_fraction=2.0: must be a number in (0, 1]"),
+    ],
 )
 def test_end_to_end_value_fails_before_any_work(tmp_path: Path, override, message):
     cache, run = tmp_path / "cache", tmp_path / "run"

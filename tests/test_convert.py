@@ -7,8 +7,8 @@ import re
 import pytest
 import torch
 import torchvision
-
 from conftest import save_malicious_checkpoint
+
 from rcca.engine.checkpoints import read_checkpoint
 from rcca.errors import UserError
 from rcca.models.convert import (
@@ -316,7 +316,9 @@ def test_numpy_values_of_released_checkpoints_load(tmp_path, mfnet_state, numpy_
     assert report.skipped == [] and report.new == []
 
 
-def shift_reference(model: torchvision.models.ResNet, clips: torch.Tensor, num_segments: int, place: str) -> torch.Tensor:
+def shift_reference(
+    model: torchvision.models.ResNet, clips: torch.Tensor, num_segments: int, place: str
+) -> torch.Tensor:
     """Logits of TSM built by hand from a torchvision ResNet: forward pre-hooks shift each block's input
     ("block") or the input of its conv1 ("blockres"), as the official TemporalShift wrapper does."""
     from rcca.models.tsm import temporal_shift
@@ -393,8 +395,10 @@ def test_subsampled_nonlocal_release_needs_subsample(tmp_path):
 def test_rcca_checkpoint_settings_that_change_the_computation_are_compared(tmp_path):
     model = TSMResNet(depth=18, num_classes=10, width=16)
     insert_context_modules(model, ["conv3_1"], lambda c: NonLocal3D(c, subsample=True))
-    config = {"backbone": {"name": "tsm", "shift_div": 8, "shift_place": "blockres"},
-              "module": {"name": "nl", "subsample": True}}
+    config = {
+        "backbone": {"name": "tsm", "shift_div": 8, "shift_place": "blockres"},
+        "module": {"name": "nl", "subsample": True},
+    }
     path = tmp_path / "best.pt"
     torch.save({"model": model.state_dict(), "config": config}, path)
     checkpoint = read_checkpoint(path, "init_from")

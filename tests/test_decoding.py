@@ -83,9 +83,7 @@ def test_decord_and_pyav_agree(written: tuple[Path, np.ndarray]) -> None:
 
 
 @pytest.mark.parametrize("reader", [read_frames_decord, read_frames_pyav], ids=["decord", "pyav"])
-def test_index_order_and_repeats_are_honoured(
-    written: tuple[Path, np.ndarray], reader: Callable[..., Tensor]
-) -> None:
+def test_index_order_and_repeats_are_honoured(written: tuple[Path, np.ndarray], reader: Callable[..., Tensor]) -> None:
     path, frames = written
     indices = [7, 0, 7, 3, 15, 15, 1]
     clip = reader(path, Chooser(indices))
@@ -144,7 +142,9 @@ def write_broken_videos(folder: Path) -> list[Path]:
 def test_decord_failure_names_both_backends_tried(tmp_path: Path) -> None:
     """decord falls back to PyAV: when both fail, the reason says so, with each one's error."""
     for path in write_broken_videos(tmp_path):
-        with pytest.raises(DecodeError, match=rf"^{re.escape(str(path))}: decord failed: .+; then PyAV failed: ") as caught:
+        with pytest.raises(
+            DecodeError, match=rf"^{re.escape(str(path))}: decord failed: .+; then PyAV failed: "
+        ) as caught:
             read_frames(path, Chooser([0]), backend="decord")
         assert "\n" not in str(caught.value)
         with pytest.raises(DecodeError, match=rf"^{re.escape(str(path))}: PyAV failed: "):
@@ -173,7 +173,9 @@ def test_broken_videos_leave_stderr_clean(tmp_path: Path) -> None:
         "            print(error)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-    result = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env)
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120, env=env
+    )
     assert result.returncode == 0, result.stderr
     assert len(result.stdout.splitlines()) == 2 * (len(BROKEN) + 1)  # every bad file failed, with both backends
     assert result.stderr == ""

@@ -120,8 +120,14 @@ def test_a_run_without_decord_warns_once_with_workers(videos, start_method: str,
     script = tmp_path / "run_without_decord.py"
     script.write_text(CHILD)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, str(script), str(folder), start_method], capture_output=True, text=True,
-                            env=env, timeout=300, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, str(script), str(folder), start_method],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip() == f"read {len(records)} clips"
     warnings = [line for line in result.stderr.splitlines() if WARNING in line]

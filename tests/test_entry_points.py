@@ -12,7 +12,7 @@ from torch.utils.data import Dataset
 
 from rcca.config import check_quickstart_dataset, compose_config, validate_config
 from rcca.data.build import build_loader
-from rcca.engine.cli import TRACEBACK_VARIABLE, exit_codes, evaluation_dir_override
+from rcca.engine.cli import TRACEBACK_VARIABLE, evaluation_dir_override, exit_codes
 from rcca.engine.trainer import TrainingStopped
 from rcca.errors import DataLoadingFailed, UserError
 
@@ -91,7 +91,10 @@ def test_choosing_a_group_replaces_the_quick_starts_option_whole():
     assert (paper_optimizer.lr, paper_optimizer.weight_decay, paper_optimizer.clip_grad_norm) == (0.02, 5e-4, 20.0)
     real = compose_config(["experiment=none", "dataset=ucf101"])
     assert (real.data.crop_size, real.test.resize_short, real.backbone.depth, list(real.module.positions)) == (
-        224, 256, 50, ["conv3_3"]
+        224,
+        256,
+        50,
+        ["conv3_3"],
     )
 
 
@@ -100,7 +103,11 @@ def test_a_real_dataset_under_the_default_quick_start_is_refused():
         check_quickstart_dataset(["dataset=ucf101", "dataset.root=/x"])
     with pytest.raises(UserError, match="keep the quick-start on dataset=hmdb51"):
         check_quickstart_dataset(["-m", "dataset=synthetic,hmdb51"])
-    for fine in (["dataset=synthetic"], ["experiment=paper_tsm", "dataset=ucf101"], ["experiment=quickstart", "dataset=video_list"]):
+    for fine in (
+        ["dataset=synthetic"],
+        ["experiment=paper_tsm", "dataset=ucf101"],
+        ["experiment=quickstart", "dataset=video_list"],
+    ):
         check_quickstart_dataset(fine)
 
 

@@ -83,7 +83,14 @@ def test_decode_reports_undecodable_videos_and_writes_exclude_list(overrides: li
     # The written list is a valid dataset.exclude: the corrupt video is left out, nothing fails;
     # writing the list again from that run keeps the video it no longer reads.
     result = run_entry(
-        SCRIPT, "--decode", "--write-exclude", str(exclude), *overrides, f"dataset.exclude={exclude}", timeout=120, check=False
+        SCRIPT,
+        "--decode",
+        "--write-exclude",
+        str(exclude),
+        *overrides,
+        f"dataset.exclude={exclude}",
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 1, result.stderr  # absent.mp4 is still missing
     report = summary(result.stdout)
@@ -128,9 +135,14 @@ def never_decode(*args: object, **kwargs: object) -> None:
 
 @pytest.mark.parametrize("target", ["train_list", "test_list", "root", "video"])
 def test_write_exclude_refuses_an_input_of_the_dataset(
-    script: ModuleType, overrides: list[str], target: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    script: ModuleType,
+    overrides: list[str],
+    target: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """--write-exclude naming a list file, the videos' folder or a video: one line, exit 2, before decoding, file intact."""
+    """--write-exclude naming a list file, the videos' folder or a video: one line, exit 2, before decoding,
+    the file intact."""
     monkeypatch.setattr(script, "scan_videos", never_decode)
     root = option(overrides, "dataset.root")
     path = {"root": root, "video": root / "good_0.mp4"}.get(target) or option(overrides, f"dataset.{target}")
@@ -146,7 +158,9 @@ def test_write_exclude_refuses_an_input_of_the_dataset(
 def test_write_exclude_refuses_a_file_inside_the_annotations_folder(script: ModuleType, tmp_path: Path) -> None:
     annotations = tmp_path / "ucfTrainTestlist"
     annotations.mkdir()
-    (annotations / "testlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n")  # reads as an exclude list
+    (annotations / "testlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\n"
+    )  # reads as an exclude list
     cfg = DatasetConfig(name="ucf101", root=str(tmp_path / "videos"), annotations=str(annotations), num_classes=101)
     videos = {"ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi"}
     with pytest.raises(UserError, match=r"testlist01.txt: .*inside dataset.annotations="):
@@ -168,7 +182,9 @@ def test_write_exclude_overwrites_only_an_exclude_list(script: ModuleType, tmp_p
     (tmp_path / "binary.txt").write_bytes(bytes(range(256)))
     for name in ("notes.txt", "binary.txt"):
         before = (tmp_path / name).read_bytes()
-        with pytest.raises(UserError, match=rf"^--write-exclude {re.escape(str(tmp_path / name))}: .*not an exclude list"):
+        with pytest.raises(
+            UserError, match=rf"^--write-exclude {re.escape(str(tmp_path / name))}: .*not an exclude list"
+        ):
             script.check_exclude_target(tmp_path / name, cfg, videos)
         assert (tmp_path / name).read_bytes() == before
     with pytest.raises(UserError, match=r"folder .* not found"):

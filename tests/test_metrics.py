@@ -40,12 +40,22 @@ def test_a_training_run_reports_its_validation_and_how_it_was_run():
         SCORES, LABELS, CLASSES, failed_videos={"bad.mp4": "bad.mp4: broken"}, train_failed_videos={}
     )
     result = metrics.training_metrics(
-        validation, best_top1=80.0, classes=CLASSES, excluded_videos=["crash.mp4"], missing_videos=[],
+        validation,
+        best_top1=80.0,
+        classes=CLASSES,
+        excluded_videos=["crash.mp4"],
+        missing_videos=[],
         config_history=[{"step": 4, "epoch": 1, "changes": {"optimizer.lr": [0.01, 0.5]}}],
     )
     assert list(result) == [
-        *VIDEO_KEYS, "failed_videos", "train_failed_videos", "best_top1", "classes", "excluded_videos",
-        "missing_videos", "config_history",
+        *VIDEO_KEYS,
+        "failed_videos",
+        "train_failed_videos",
+        "best_top1",
+        "classes",
+        "excluded_videos",
+        "missing_videos",
+        "config_history",
     ]
     assert result["failed_videos"] == {"bad.mp4": "bad.mp4: broken"} and result["best_top1"] == 80.0
     assert result["top1"] == pytest.approx(75.0) and result["excluded_videos"] == ["crash.mp4"]
@@ -53,11 +63,24 @@ def test_a_training_run_reports_its_validation_and_how_it_was_run():
 
 def test_a_test_run_reports_its_checkpoint_and_views():
     result = metrics.test_metrics(
-        SCORES, LABELS, CLASSES, checkpoint="run/best.pt", failed_videos={}, excluded_videos=[],
-        missing_videos=["gone.mp4"], num_clips=10, num_crops=3,
+        SCORES,
+        LABELS,
+        CLASSES,
+        checkpoint="run/best.pt",
+        failed_videos={},
+        excluded_videos=[],
+        missing_videos=["gone.mp4"],
+        num_clips=10,
+        num_crops=3,
     )
     assert list(result) == [
-        *VIDEO_KEYS, "checkpoint", "failed_videos", "excluded_videos", "missing_videos", "num_clips", "num_crops",
+        *VIDEO_KEYS,
+        "checkpoint",
+        "failed_videos",
+        "excluded_videos",
+        "missing_videos",
+        "num_clips",
+        "num_crops",
     ]
     assert (result["checkpoint"], result["num_clips"], result["num_crops"]) == ("run/best.pt", 10, 3)
     assert result["missing_videos"] == ["gone.mp4"] and result["top1"] == pytest.approx(75.0)

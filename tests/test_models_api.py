@@ -35,7 +35,7 @@ from rcca.models.positions import (
     valid_positions,
 )
 
-README = Path("/tmp/readme_models_section.md")
+README = Path(__file__).resolve().parents[1] / "README.md"
 README_HEADING = "## Use RCCA-3D in your own network"
 
 

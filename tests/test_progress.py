@@ -82,9 +82,15 @@ def test_log_records_go_through_tqdm_while_a_bar_is_shown(capsys):
     assert "a message during the bar" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("number, unit, expected", [
-    (1, "batch", "1 batch"), (2, "batch", "2 batches"), (0, "video", "0 videos"), (1, "clip", "1 clip"),
-])
+@pytest.mark.parametrize(
+    "number, unit, expected",
+    [
+        (1, "batch", "1 batch"),
+        (2, "batch", "2 batches"),
+        (0, "video", "0 videos"),
+        (1, "clip", "1 clip"),
+    ],
+)
 def test_counts_are_in_the_right_number(number, unit, expected):
     assert count_of(number, unit) == expected
 

@@ -415,4 +415,3 @@ def test_the_table_check_flags_what_it_should() -> None:
     assert "README.md:8: " in problems and "+0.40M written, +0.39M" in problems
     assert "README.md:9: row 'a new row': no model known for this row" in problems
     assert len(problems.splitlines()) == 4, problems
-

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import REPO, TINY, run_entry, save_malicious_checkpoint
+
 from rcca.engine.checkpoints import save_checkpoint
 from rcca.engine.files import RunFolderLock
 from rcca.engine.resuming import resume_checkpoint
@@ -138,14 +138,21 @@ def test_a_folder_in_use_is_refused_and_a_dead_holder_is_not_in_the_way(tmp_path
 
 def test_divergence_names_a_checkpoint_that_trains_on_with_a_lower_lr(tmp_path, synthetic_cache):
     run_dir = tmp_path / "run"
-    result = tiny(synthetic_cache, run_dir, "trainer.epochs=2", "optimizer.lr=1e6", "trainer.checkpoint_every=0", check=False)
+    result = tiny(
+        synthetic_cache, run_dir, "trainer.epochs=2", "optimizer.lr=1e6", "trainer.checkpoint_every=0", check=False
+    )
     message = one_line_error(result)
     assert "loss is nan" in message or "loss is inf" in message
     saved = load(run_dir / "last.pt")
     assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
     # The message's own command, with a lower LR, trains on to the end with finite losses.
     command = shlex.split(message.split("with a lower LR: ", 1)[1])
-    assert command[0] == "python" and Path(command[1]).name == "train.py" and f"hydra.run.dir={run_dir}" in command and "resume=auto" in command
+    assert (
+        command[0] == "python"
+        and Path(command[1]).name == "train.py"
+        and f"hydra.run.dir={run_dir}" in command
+        and "resume=auto" in command
+    )
     assert "optimizer.lr=1e6" not in command
     overrides = [arg.replace("<lower>", "0.01") for arg in command[2:]]
     resumed = run_entry("train.py", *overrides)
@@ -162,8 +169,17 @@ def test_resume_applies_run_settings_refuses_model_changes_and_records_both(tmp_
     run_dir = copy_run(trained, tmp_path / "run")
     first = (run_dir / "last.pt").read_bytes()
 
-    message = one_line_error(tiny(synthetic_cache, run_dir, "trainer.epochs=2", "resume=auto", "module.recurrence=2",
-                                  "trainer.batch_size=8", check=False))
+    message = one_line_error(
+        tiny(
+            synthetic_cache,
+            run_dir,
+            "trainer.epochs=2",
+            "resume=auto",
+            "module.recurrence=2",
+            "trainer.batch_size=8",
+            check=False,
+        )
+    )
     assert "module.recurrence=2 (checkpoint: 3)" in message and "trainer.batch_size=8 (checkpoint: 4)" in message
     assert (run_dir / "last.pt").read_bytes() == first
 
@@ -215,8 +231,15 @@ def test_kill_during_validation_gives_the_uninterrupted_best_and_metrics(tmp_pat
 
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
-    args = [sys.executable, str(REPO / "train.py"), *TINY, f"data.cache_dir={synthetic_cache}", f"hydra.run.dir={killed}",
-            "trainer.num_workers=0", *common]
+    args = [
+        sys.executable,
+        str(REPO / "train.py"),
+        *TINY,
+        f"data.cache_dir={synthetic_cache}",
+        f"hydra.run.dir={killed}",
+        "trainer.num_workers=0",
+        *common,
+    ]
     process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         _poll(killed / "last.pt", lambda state: state["epoch"] == 1 and not state["validated"], timeout=120)
@@ -319,8 +342,9 @@ def test_no_entry_point_runs_code_from_a_checkpoint(tmp_path, synthetic_cache, t
     train_cases = [[f"init_from={evil}", f"init_from_format={kind}"] for kind in ("rcca", "tsm")]
     train_cases += [[f"resume={evil}"], ["resume=auto"]]
     for overrides in train_cases:
-        result = tiny(synthetic_cache, run_dir if overrides == ["resume=auto"] else tmp_path / "out", *overrides,
-                      check=False)
+        result = tiny(
+            synthetic_cache, run_dir if overrides == ["resume=auto"] else tmp_path / "out", *overrides, check=False
+        )
         assert "refused, reading it would need" in one_line_error(result), overrides
     result = run_entry("test.py", f"ckpt={evil}", f"hydra.run.dir={tmp_path / 'test'}", check=False)
     assert "refused, reading it would need" in one_line_error(result)
@@ -343,7 +367,8 @@ def test_project_code_reads_checkpoints_weights_only():
     files = [*(REPO / "rcca").rglob("*.py"), *(REPO / "scripts").rglob("*.py"), REPO / "train.py", REPO / "test.py"]
     calls = {path.relative_to(REPO).as_posix(): torch_load_calls(path) for path in files}
     assert {path: found for path, found in calls.items() if found} == {
-        "rcca/engine/checkpoints.py": [True], "rcca/models/tsm.py": [True],
+        "rcca/engine/checkpoints.py": [True],
+        "rcca/models/tsm.py": [True],
     }
 
 
@@ -354,16 +379,20 @@ def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_
     from rcca.engine.test_pipeline import checkpoint_config
 
     saved = load(trained / "last.pt")["config"]
-    for overrides, expected in [(["backbone=mfnet"], "backbone.name=mfnet (checkpoint: tsm)"),
-                                (["module.recurrence=2"], "module.recurrence=2 (checkpoint: 3)"),
-                                (["module=nl"], "module.name=nl (checkpoint: rcca)")]:
+    for overrides, expected in [
+        (["backbone=mfnet"], "backbone.name=mfnet (checkpoint: tsm)"),
+        (["module.recurrence=2"], "module.recurrence=2 (checkpoint: 3)"),
+        (["module=nl"], "module.name=nl (checkpoint: rcca)"),
+    ]:
         with pytest.raises(UserError, match=re.escape(expected)) as info:
             checkpoint_config(compose_config(overrides), saved, overrides)
         assert str(info.value).startswith(f"{overrides[0]}: test.py evaluates the checkpoint's own model")
     # Repeating the checkpoint's own value is fine, and other sections still apply.
-    merged = checkpoint_config(compose_config(["module.recurrence=3", "test.num_clips=2"]), saved,
-                               ["module.recurrence=3", "test.num_clips=2"])
+    merged = checkpoint_config(
+        compose_config(["module.recurrence=3", "test.num_clips=2"]), saved, ["module.recurrence=3", "test.num_clips=2"]
+    )
     assert merged.module == OmegaConf.create(saved["module"]) and merged.test.num_clips == 2
-    result = run_entry("test.py", f"ckpt={trained / 'last.pt'}", "backbone=mfnet", f"hydra.run.dir={tmp_path / 't'}",
-                       check=False)
+    result = run_entry(
+        "test.py", f"ckpt={trained / 'last.pt'}", "backbone=mfnet", f"hydra.run.dir={tmp_path / 't'}", check=False
+    )
     assert "backbone=mfnet: test.py evaluates the checkpoint's own model" in one_line_error(result)

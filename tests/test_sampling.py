@@ -29,9 +29,7 @@ def _rng(seed: int = 0) -> np.random.Generator:
         (1, 1, [0]),
     ],
 )
-def test_segment_test_indices_exact(
-    num_frames: int, num_segments: int, expected: list[int]
-) -> None:
+def test_segment_test_indices_exact(num_frames: int, num_segments: int, expected: list[int]) -> None:
     assert sample_segment_indices(num_frames, num_segments, train=False) == expected
 
 
@@ -71,9 +69,7 @@ def test_segment_train_is_reproducible_with_seed() -> None:
     first = [sample_segment_indices(300, 8, True, _rng(42)) for _ in range(3)]
     second = [sample_segment_indices(300, 8, True, _rng(42)) for _ in range(3)]
     assert first == second
-    assert sample_segment_indices(300, 8, True, _rng(1)) != sample_segment_indices(
-        300, 8, True, _rng(2)
-    )
+    assert sample_segment_indices(300, 8, True, _rng(1)) != sample_segment_indices(300, 8, True, _rng(2))
 
 
 def test_training_without_rng_is_an_error() -> None:
@@ -136,9 +132,7 @@ def test_dense_train_short_videos_stay_in_range(num_frames: int) -> None:
 
 
 def test_dense_train_is_reproducible_with_seed() -> None:
-    assert sample_dense_indices(500, 16, 2, True, _rng(7)) == sample_dense_indices(
-        500, 16, 2, True, _rng(7)
-    )
+    assert sample_dense_indices(500, 16, 2, True, _rng(7)) == sample_dense_indices(500, 16, 2, True, _rng(7))
 
 
 # --- multi-clip testing -----------------------------------------------------
@@ -157,12 +151,8 @@ def test_segment_test_clips_spread_uniformly() -> None:
 
 
 def test_one_test_clip_equals_centre_sampling() -> None:
-    assert sample_test_clips(93, 1, "segment", clip_len=8) == [
-        sample_segment_indices(93, 8, train=False)
-    ]
-    assert sample_test_clips(93, 1, "dense", clip_len=8, interval=3) == [
-        sample_dense_indices(93, 8, 3, train=False)
-    ]
+    assert sample_test_clips(93, 1, "segment", clip_len=8) == [sample_segment_indices(93, 8, train=False)]
+    assert sample_test_clips(93, 1, "dense", clip_len=8, interval=3) == [sample_dense_indices(93, 8, 3, train=False)]
 
 
 def test_dense_test_clips_starts() -> None:
@@ -195,9 +185,5 @@ def test_unknown_sampling_names_valid_values() -> None:
 
 
 def test_train_clip_dispatch() -> None:
-    assert sample_train_clip(120, "segment", 8, 1, _rng(3)) == sample_segment_indices(
-        120, 8, True, _rng(3)
-    )
-    assert sample_train_clip(120, "dense", 8, 4, _rng(3)) == sample_dense_indices(
-        120, 8, 4, True, _rng(3)
-    )
+    assert sample_train_clip(120, "segment", 8, 1, _rng(3)) == sample_segment_indices(120, 8, True, _rng(3))
+    assert sample_train_clip(120, "dense", 8, 4, _rng(3)) == sample_dense_indices(120, 8, 4, True, _rng(3))

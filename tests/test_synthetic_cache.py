@@ -20,8 +20,8 @@ from pathlib import Path
 
 import av
 import pytest
-
 from conftest import REPO
+
 from rcca.config import DatasetConfig, SyntheticConfig
 from rcca.data import synthetic
 from rcca.data.build import read_annotations
@@ -53,8 +53,9 @@ def assert_complete(folder: Path, spec: SyntheticSpec) -> None:
     """`folder` holds the whole set of `spec`: marker, lists and decodable videos."""
     marker = read_marker(folder)
     assert marker is not None and marker["state"] == "complete" and marker["spec"] == asdict(spec)
-    assert sorted(marker["files"]) == sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                                             if p.is_file() and p.name != MARKER)
+    assert sorted(marker["files"]) == sorted(
+        p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MARKER
+    )
     train = (folder / "train.txt").read_text().split("\n")[:-1]
     test = (folder / "test.txt").read_text().split("\n")[:-1]
     assert (len(train), len(test)) == (spec.num_train, spec.num_test)
@@ -66,24 +67,31 @@ def python_child(code: str) -> subprocess.Popen:
     """A `python -c code` subprocess importing rcca from this checkout, logging INFO to stderr."""
     prelude = "import logging; from pathlib import Path; logging.basicConfig(level=logging.INFO); "
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-c", prelude + code], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + code], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
 
 
 def ensure_code(root: Path, spec: SyntheticSpec) -> str:
-    return ("from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset; "
-            f"print(ensure_synthetic_dataset(Path({str(root)!r}), SyntheticSpec(**{asdict(spec)!r}), progress=False))")
+    return (
+        "from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset; "
+        f"print(ensure_synthetic_dataset(Path({str(root)!r}), SyntheticSpec(**{asdict(spec)!r}), progress=False))"
+    )
 
 
 # --------------------------------------------------------------------------- folders that are not ours
 
 
-@pytest.mark.parametrize("files", [
-    {"spec.json": json.dumps(asdict(OTHER)), "Basketball/v_1.avi": "precious"},  # FORMAT 1 replaced these
-    {"spec.json": json.dumps(asdict(SMALL)), "train.txt": "mine.mp4 0\n"},  # and returned these as the cache
-    {MARKER: "", "spec.json": "{}", "videos/a.mp4": "an older rcca's cache"},
-    {MARKER: '{"generator": "someone else"}', "notes.txt": "mine"},
-], ids=["spec-json", "spec-json-same-spec", "format-1-cache", "foreign-marker"])
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"spec.json": json.dumps(asdict(OTHER)), "Basketball/v_1.avi": "precious"},  # FORMAT 1 replaced these
+        {"spec.json": json.dumps(asdict(SMALL)), "train.txt": "mine.mp4 0\n"},  # and returned these as the cache
+        {MARKER: "", "spec.json": "{}", "videos/a.mp4": "an older rcca's cache"},
+        {MARKER: '{"generator": "someone else"}', "notes.txt": "mine"},
+    ],
+    ids=["spec-json", "spec-json-same-spec", "format-1-cache", "foreign-marker"],
+)
 def test_a_folder_that_is_not_ours_is_refused_and_left_untouched(tmp_path, files):
     folder = tmp_path / "my_videos"
     for name, text in files.items():
@@ -100,8 +108,20 @@ def test_a_folder_that_is_not_ours_is_refused_and_left_untouched(tmp_path, files
 def test_a_set_folder_without_our_marker_is_refused_and_left_untouched(tmp_path):
     root = tmp_path / "cache"
     ensure_synthetic_dataset(root, SMALL, progress=False)
-    for marker in (None, "not json", json.dumps({"generator": "rcca.data.synthetic", "format": 2, "role": "set",
-                                                 "state": "in progress", "spec": asdict(OTHER), "files": []})):
+    for marker in (
+        None,
+        "not json",
+        json.dumps(
+            {
+                "generator": "rcca.data.synthetic",
+                "format": 2,
+                "role": "set",
+                "state": "in progress",
+                "spec": asdict(OTHER),
+                "files": [],
+            }
+        ),
+    ):
         squatter = root / set_folder_name(OTHER)
         squatter.mkdir()
         (squatter / "train.txt").write_text("mine.mp4 0\n")

@@ -66,8 +66,15 @@ DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 
 
 def one_update(
-    batch_size: int, effective: int, rank: int = 0, world_size: int = 1, tmp: Path | None = None, scale=1.0,
-    amp: str = "off", clip: float | None = None, device: str = "cpu",
+    batch_size: int,
+    effective: int,
+    rank: int = 0,
+    world_size: int = 1,
+    tmp: Path | None = None,
+    scale=1.0,
+    amp: str = "off",
+    clip: float | None = None,
+    device: str = "cpu",
 ):
     """Train exactly one optimizer update and return the weights (on the CPU)."""
     dataset = PointsDataset(scale=scale)
@@ -78,10 +85,18 @@ def one_update(
         epochs=1, batch_size=batch_size, effective_batch_size=effective, log_every=1000, progress=False, amp=amp
     )
     trainer = Trainer(
-        model=runner or model, model_without_ddp=model, train_loader=loader, test_loader=loader,
-        class_names=["a", "b", "c"], trainer_cfg=cfg,
-        optimizer_cfg=OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=clip), schedule_cfg=ScheduleConfig(),
-        run_dir=tmp or Path("."), config={}, device=torch.device(device), world_size=world_size,
+        model=runner or model,
+        model_without_ddp=model,
+        train_loader=loader,
+        test_loader=loader,
+        class_names=["a", "b", "c"],
+        trainer_cfg=cfg,
+        optimizer_cfg=OptimizerConfig(lr=0.5, weight_decay=0.01, clip_grad_norm=clip),
+        schedule_cfg=ScheduleConfig(),
+        run_dir=tmp or Path("."),
+        config={},
+        device=torch.device(device),
+        world_size=world_size,
     )
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     trainer.updates_per_epoch = 1
@@ -155,9 +170,11 @@ def test_channels_last_keeps_outputs_and_gradients(device, backbone):
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
     layouts = []  # whether each convolution's output came out channels-last: the layout really ran
     for conv in convs:
-        conv.register_forward_hook(lambda module, args, out: layouts.append(
-            out.is_contiguous(memory_format=torch.channels_last if out.dim() == 4 else torch.channels_last_3d)
-        ))
+        conv.register_forward_hook(
+            lambda module, args, out: layouts.append(
+                out.is_contiguous(memory_format=torch.channels_last if out.dim() == 4 else torch.channels_last_3d)
+            )
+        )
     output = model(clips)
     assert len(layouts) >= len(convs) and all(layouts)
     torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-5)
@@ -176,17 +193,30 @@ class PointsViews(PointsDataset):
 
 
 def cpu_trainer(
-    train_loader: DataLoader, tmp_path: Path, cfg: TrainerConfig, config: dict | None = None,
-    model: nn.Module | None = None, writer=None,
+    train_loader: DataLoader,
+    tmp_path: Path,
+    cfg: TrainerConfig,
+    config: dict | None = None,
+    model: nn.Module | None = None,
+    writer=None,
 ) -> Trainer:
     """A Trainer on the CPU of `model` (a fresh LinearClassifier by default), validated on PointsViews."""
     model = model or LinearClassifier()
     test_set = PointsViews()
     test_loader = DataLoader(test_set, batch_size=4, sampler=EpochSampler(len(test_set), False))
     return Trainer(
-        model=model, model_without_ddp=model, train_loader=train_loader, test_loader=test_loader,
-        class_names=["a", "b", "c"], trainer_cfg=cfg, optimizer_cfg=OptimizerConfig(), schedule_cfg=ScheduleConfig(),
-        run_dir=tmp_path, config=config or {}, device=torch.device("cpu"), writer=writer,
+        model=model,
+        model_without_ddp=model,
+        train_loader=train_loader,
+        test_loader=test_loader,
+        class_names=["a", "b", "c"],
+        trainer_cfg=cfg,
+        optimizer_cfg=OptimizerConfig(),
+        schedule_cfg=ScheduleConfig(),
+        run_dir=tmp_path,
+        config=config or {},
+        device=torch.device("cpu"),
+        writer=writer,
     )
 
 
@@ -381,8 +411,20 @@ def test_a_stop_signal_saves_the_last_update_and_raises_training_stopped(tmp_pat
 
 # What last.pt and best.pt hold on disk: files of every rcca version must keep loading.
 ON_DISK_KEYS = {
-    "model", "config", "classes", "optimizer", "scheduler", "scaler", "rng", "epoch", "batches_in_epoch", "step",
-    "best_top1", "validated", "config_history", "failed_train",
+    "model",
+    "config",
+    "classes",
+    "optimizer",
+    "scheduler",
+    "scaler",
+    "rng",
+    "epoch",
+    "batches_in_epoch",
+    "step",
+    "best_top1",
+    "validated",
+    "config_history",
+    "failed_train",
 }
 
 

@@ -54,9 +54,7 @@ MORE_GRID = FIVE_GRID | {(0, 2), (4, 2), (2, 0), (2, 4), (1, 1), (1, 3), (3, 1),
 
 @pytest.mark.parametrize(("more_fix_crop", "grid"), [(True, MORE_GRID), (False, FIVE_GRID)])
 def test_multiscale_crop_sizes_and_fixed_positions(more_fix_crop: bool, grid: set) -> None:
-    crop = MultiScaleCrop(
-        112, more_fix_crop=more_fix_crop, generator=torch.Generator().manual_seed(0)
-    )
+    crop = MultiScaleCrop(112, more_fix_crop=more_fix_crop, generator=torch.Generator().manual_seed(0))
     positions: dict[tuple[int, int], set[tuple[int, int]]] = {}
     for _ in range(3000):
         top, left, crop_h, crop_w = crop.sample_crop(120, 160)
@@ -82,9 +80,7 @@ def test_multiscale_crop_random_positions_stay_inside() -> None:
 @pytest.mark.parametrize(("height", "width"), [(64, 96), (96, 64)])
 def test_multiscale_crop_window_same_for_all_frames(height: int, width: int) -> None:
     # scale 1 only: the crop is the 64 x 64 square, so resizing to 64 keeps the pixels
-    crop = MultiScaleCrop(
-        64, scales=(1,), max_distort=0, generator=torch.Generator().manual_seed(1)
-    )
+    crop = MultiScaleCrop(64, scales=(1,), max_distort=0, generator=torch.Generator().manual_seed(1))
     clip = coord_clip(5, height, width)
     frame_ids = torch.arange(5, dtype=torch.uint8)[:, None, None].expand(5, 64, 64)
     offsets = set()
@@ -194,9 +190,7 @@ def test_multi_view_single_is_centre() -> None:
         ((20, 10), [(0, 1), (6, 1), (12, 1)]),  # tall: along H
     ],
 )
-def test_multi_view_three_crops_along_long_side(
-    shape: tuple[int, int], expected: list[tuple[int, int]]
-) -> None:
+def test_multi_view_three_crops_along_long_side(shape: tuple[int, int], expected: list[tuple[int, int]]) -> None:
     views = MultiViewCrop(8, 3)(coord_clip(2, *shape))
     assert [window(view)[:2] for view in views] == expected
 

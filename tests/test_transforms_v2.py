@@ -136,8 +136,15 @@ def test_resize_to_the_same_size_keeps_the_pixels() -> None:
 
 @pytest.mark.parametrize(
     "step",
-    [MultiScaleCrop(224, (1, 0.875, 0.75, 0.66)), MultiScaleCrop(112, (1, 0.5), 0, False, False), CenterCrop(8),
-     MultiViewCrop(224, 10), Normalize(), Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)), ToCTHW()],
+    [
+        MultiScaleCrop(224, (1, 0.875, 0.75, 0.66)),
+        MultiScaleCrop(112, (1, 0.5), 0, False, False),
+        CenterCrop(8),
+        MultiViewCrop(224, 10),
+        Normalize(),
+        Normalize((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        ToCTHW(),
+    ],
     ids=repr,
 )
 def test_own_steps_print_as_the_call_that_builds_them(step: object) -> None:
@@ -171,5 +178,8 @@ def test_test_pipeline_prints_one_step_per_line() -> None:
     steps = [line.strip() for line in lines[1:-1]]
     assert lines[0] == "Compose(" and lines[-1] == ")" and len(steps) == 4
     assert steps[0].startswith("Resize(size=[128]") and "BILINEAR" in steps[0] and "antialias=True" in steps[0]
-    assert steps[1:] == ["MultiViewCrop(size=112, num_crops=3)", f"Normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})",
-                         "ToCTHW()"]
+    assert steps[1:] == [
+        "MultiViewCrop(size=112, num_crops=3)",
+        f"Normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})",
+        "ToCTHW()",
+    ]

@@ -228,7 +228,9 @@ def build_test_dataset(
     )
 
 
-MAX_VIEWS_PER_BATCH = 64  # host memory of one evaluation batch: 64 views of 8 x 224 x 224 float32 clips, about 300 MB
+# Host memory of one evaluation batch: 64 views of 8 x 224 x 224 float32 clips, about 300 MB. (Device memory is
+# bounded separately, by the views per forward pass: rcca.engine.evaluation.VIEWS_PER_FORWARD.)
+MAX_VIEWS_PER_BATCH = 64
 
 
 def evaluation_batch_size(views: TestConfig) -> int:

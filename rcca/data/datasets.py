@@ -8,6 +8,8 @@ where a resumed run starts. A video that cannot be decoded never stops a run: in
 video and reported in the sample's `failed` field; in testing the sample is marked
 `ok = False` so that evaluation excludes and lists it. The dataset logs nothing about such
 videos (each DataLoader worker would log them again): the trainer and evaluation report `failed`.
+Only a dataset that looks unreadable as a whole stops the run, with a `UserError` naming the
+settings to check: MAX_ATTEMPTS videos in a row failing in training, or none decodable in testing.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.data import Dataset
 
 from rcca.data.annotations import VideoRecord
 from rcca.data.decoding import DecodeError, read_frames, resolve_backend
+from rcca.errors import UserError
 
 IndexSampler = Callable[[int, np.random.Generator], list[int]]
 
@@ -97,8 +100,8 @@ class VideoDataset(Dataset):
                     break
                 index = int(rng.integers(len(self.records)))
         if self.replace_failed:
-            raise DecodeError(f"{MAX_ATTEMPTS} videos in a row failed to decode under {self.root}: "
-                              "check dataset.root and dataset.backend")
+            raise UserError(f"{MAX_ATTEMPTS} videos in a row failed to decode under {self.root}: "
+                            "check dataset.root and dataset.backend")
         return {"clip": self._placeholder(), "label": self.records[index].label, "index": index, "ok": False,
                 "failed": failed, "reason": reason}
 
@@ -112,6 +115,6 @@ class VideoDataset(Dataset):
                 except DecodeError:
                     continue
             else:
-                raise DecodeError(f"no video under {self.root} could be decoded: "
-                                  "check dataset.root and dataset.backend")
+                raise UserError(f"no video under {self.root} could be decoded: "
+                                "check dataset.root and dataset.backend")
         return torch.zeros(self._view_shape)

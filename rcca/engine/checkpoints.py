@@ -39,8 +39,22 @@ NUMPY_DATA_GLOBALS = [
     (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
     np.ndarray,
     np.dtype,
-    *(type(np.dtype(code)) for code in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint32", "uint64",
-                                        "float16", "float32", "float64")),
+    *(
+        type(np.dtype(code))
+        for code in (
+            "bool",
+            "int8",
+            "int16",
+            "int32",
+            "int64",
+            "uint8",
+            "uint32",
+            "uint64",
+            "float16",
+            "float32",
+            "float64",
+        )
+    ),
 ]
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
@@ -164,10 +178,17 @@ class RunCheckpoint:
         state = self.training
         if state is not None:
             data.update(
-                optimizer=state.optimizer, scheduler=state.scheduler, scaler=state.scaler, rng=state.rng,
-                epoch=state.position.epoch, batches_in_epoch=state.position.batches_in_epoch, step=state.position.step,
-                best_top1=state.position.best_top1, validated=state.position.validated,
-                config_history=state.config_history, failed_train=state.failed_train,
+                optimizer=state.optimizer,
+                scheduler=state.scheduler,
+                scaler=state.scaler,
+                rng=state.rng,
+                epoch=state.position.epoch,
+                batches_in_epoch=state.position.batches_in_epoch,
+                step=state.position.step,
+                best_top1=state.position.best_top1,
+                validated=state.position.validated,
+                config_history=state.config_history,
+                failed_train=state.failed_train,
             )
         return data
 
@@ -196,8 +217,13 @@ class RunCheckpoint:
                 data["epoch"], data["batches_in_epoch"], data["step"], data["best_top1"], data.get("validated", True)
             )
             training = TrainingState(
-                data["optimizer"], data["scheduler"], data["scaler"], position, data["rng"],
-                list(data.get("config_history", [])), dict(data.get("failed_train", {})),
+                data["optimizer"],
+                data["scheduler"],
+                data["scaler"],
+                position,
+                data["rng"],
+                list(data.get("config_history", [])),
+                dict(data.get("failed_train", {})),
             )
         return cls(data["model"], dict(data["config"]), data.get("classes"), training)
 

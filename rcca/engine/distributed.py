@@ -86,7 +86,10 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
         dist.init_process_group(backend)
         atexit.register(dist.destroy_process_group)
     elif dist.get_backend() != backend:
-        raise UserError(f"trainer.device changed within a multi-process sweep ({dist.get_backend()} -> {backend}): sweep it in separate runs")
+        raise UserError(
+            f"trainer.device changed within a multi-process sweep ({dist.get_backend()} -> {backend}): "
+            "sweep it in separate runs"
+        )
     return dist.get_rank(), dist.get_world_size(), gpu
 
 

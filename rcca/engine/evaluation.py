@@ -10,13 +10,17 @@ from torch import Tensor, nn
 from rcca.engine.distributed import gather_concat, gather_lists
 from rcca.progress import track
 
+# Device memory: views per forward pass. (Host memory is bounded separately, by the videos per batch:
+# rcca.data.build.MAX_VIEWS_PER_BATCH.) 16 views of 8 x 224 x 224 fit any GPU rcca runs on.
+VIEWS_PER_FORWARD = 16
+
 
 @torch.no_grad()
 def predict_videos(
     model: nn.Module,
     batches: Iterable[dict],
     device: torch.device,
-    view_chunk: int = 16,
+    view_chunk: int = VIEWS_PER_FORWARD,
     progress_bars: bool = False,
     autocast_dtype: torch.dtype | None = None,
 ) -> tuple[Tensor, Tensor, list[int], dict[str, str]]:

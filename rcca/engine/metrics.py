@@ -68,7 +68,11 @@ def video_metrics(scores: Tensor, labels: Tensor, class_names: list[str]) -> dic
 
 
 def validation_metrics(
-    scores: Tensor, labels: Tensor, classes: list[str], *, failed_videos: dict[str, str],
+    scores: Tensor,
+    labels: Tensor,
+    classes: list[str],
+    *,
+    failed_videos: dict[str, str],
     train_failed_videos: dict[str, str],
 ) -> dict:
     """The metrics of one validation during training.
@@ -91,7 +95,12 @@ def validation_metrics(
 
 
 def training_metrics(
-    validation: dict, *, best_top1: float, classes: list[str], excluded_videos: list[str], missing_videos: list[str],
+    validation: dict,
+    *,
+    best_top1: float,
+    classes: list[str],
+    excluded_videos: list[str],
+    missing_videos: list[str],
     config_history: list[dict],
 ) -> dict:
     """The metrics.json of a training run.
@@ -118,8 +127,16 @@ def training_metrics(
 
 
 def test_metrics(
-    scores: Tensor, labels: Tensor, classes: list[str], *, checkpoint: str, failed_videos: dict[str, str],
-    excluded_videos: list[str], missing_videos: list[str], num_clips: int, num_crops: int,
+    scores: Tensor,
+    labels: Tensor,
+    classes: list[str],
+    *,
+    checkpoint: str,
+    failed_videos: dict[str, str],
+    excluded_videos: list[str],
+    missing_videos: list[str],
+    num_clips: int,
+    num_crops: int,
 ) -> dict:
     """The metrics.json of a test run.
 

@@ -28,12 +28,31 @@ log = logging.getLogger(__name__)
 
 # Config keys (a trailing dot: the whole section) that a resumed run may change.
 RESUMABLE = (
-    "optimizer.lr", "optimizer.momentum", "optimizer.weight_decay", "optimizer.nesterov", "optimizer.clip_grad_norm",
-    "optimizer.classifier_lr_mult", "schedule.", "test.",
-    "trainer.epochs", "trainer.num_workers", "trainer.data_timeout", "trainer.device", "trainer.eval_every",
-    "trainer.log_every", "trainer.checkpoint_every", "trainer.progress", "trainer.amp", "trainer.channels_last",
-    "trainer.compile", "trainer.cudnn_benchmark",
-    "dataset.root", "dataset.backend", "dataset.exclude", "data.cache_dir", "backbone.pretrained",
+    "optimizer.lr",
+    "optimizer.momentum",
+    "optimizer.weight_decay",
+    "optimizer.nesterov",
+    "optimizer.clip_grad_norm",
+    "optimizer.classifier_lr_mult",
+    "schedule.",
+    "test.",
+    "trainer.epochs",
+    "trainer.num_workers",
+    "trainer.data_timeout",
+    "trainer.device",
+    "trainer.eval_every",
+    "trainer.log_every",
+    "trainer.checkpoint_every",
+    "trainer.progress",
+    "trainer.amp",
+    "trainer.channels_last",
+    "trainer.compile",
+    "trainer.cudnn_benchmark",
+    "dataset.root",
+    "dataset.backend",
+    "dataset.exclude",
+    "data.cache_dir",
+    "backbone.pretrained",
 )
 # Keys about how a run starts, not what it trains: never compared on resume.
 STARTING_KEYS = ("resume", "overwrite", "init_from", "init_from_format", "ckpt")
@@ -64,8 +83,11 @@ def config_changes(saved: Mapping, requested: Mapping) -> dict[str, tuple]:
     old, new = flatten(saved), flatten(requested)
     compared = sorted((old.keys() & new.keys()) - set(STARTING_KEYS))
     changes = {key: (old[key], new[key]) for key in compared if old[key] != new[key]}
-    fixed = [f"{key}={new_value} (checkpoint: {old_value})" for key, (old_value, new_value) in changes.items()
-             if not is_resumable(key)]
+    fixed = [
+        f"{key}={new_value} (checkpoint: {old_value})"
+        for key, (old_value, new_value) in changes.items()
+        if not is_resumable(key)
+    ]
     if fixed:
         raise UserError(
             f"resume: these settings differ from the checkpoint's run and cannot change mid-run: {'; '.join(fixed)}; "
@@ -94,7 +116,8 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> RunCheckpoint | None
     if resume == "auto" and not path.exists():
         log.warning(
             "resume=auto: NO CHECKPOINT in %s, so this is a NEW run from scratch. To continue an earlier run, "
-            "give its folder: hydra.run.dir=<that folder> resume=auto", run_dir,
+            "give its folder: hydra.run.dir=<that folder> resume=auto",
+            run_dir,
         )
         return None
     checkpoint = read_run_checkpoint(path, "resume")
@@ -113,8 +136,12 @@ def check_named_run_folder(argv: list[str]) -> None:
     checkpoints without resume or overwrite), so that a refused run leaves that folder as it was."""
     if {"-m", "--multirun"} & set(argv):
         return
-    values = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(
-        [arg for arg in argv if "=" in arg and not arg.startswith("-")])}
+    values = {
+        o.key_or_group: o.value()
+        for o in OverridesParser.create().parse_overrides(
+            [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+        )
+    }
     run_dir = values.get("hydra.run.dir")
     if run_dir is None or not Path(run_dir).is_dir():
         return

@@ -17,6 +17,7 @@ from rcca.engine.runtime import start_run
 from rcca.engine.trainer import autocast_dtype
 from rcca.errors import DataLoadingFailed, UserError
 from rcca.models.build import build_model, to_channels_last
+from rcca.progress import count_of
 
 log = logging.getLogger("rcca")
 
@@ -32,8 +33,13 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     runtime = start_run(run_cfg, run_dir)
     root, annotations = load_dataset(run_cfg.dataset, splits=("test",), progress=runtime.progress_bars)
     test_set = build_test_dataset(
-        root, annotations.test, clip_sampling(run_cfg.backbone), run_cfg.dataset, run_cfg.test,
-        run_cfg.data.crop_size, run_cfg.seed,
+        root,
+        annotations.test,
+        clip_sampling(run_cfg.backbone),
+        run_cfg.dataset,
+        run_cfg.test,
+        run_cfg.data.crop_size,
+        run_cfg.seed,
     )
     log.info("test pipeline: %r", test_set.transform)
     model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
@@ -48,42 +54,61 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     if run_cfg.trainer.channels_last:
         to_channels_last(model)
     log.info(
-        "evaluating on %s, precision %s%s", runtime.device,
+        "evaluating on %s, precision %s%s",
+        runtime.device,
         run_cfg.trainer.amp if run_cfg.trainer.amp != "off" else "float32",
         ", channels-last" if run_cfg.trainer.channels_last else "",
     )
     loader = build_loader(
-        test_set, evaluation_batch_size(run_cfg.test), False, run_cfg.trainer.num_workers, run_cfg.seed,
-        rank=runtime.rank, world_size=runtime.world_size, timeout=run_cfg.trainer.data_timeout,
+        test_set,
+        evaluation_batch_size(run_cfg.test),
+        False,
+        run_cfg.trainer.num_workers,
+        run_cfg.seed,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        timeout=run_cfg.trainer.data_timeout,
     )
     loader.sampler.set_epoch(0)
     try:
         scores, labels, indices, failed = predict_videos(
-            model, loader, runtime.device, progress_bars=runtime.progress_bars,
+            model,
+            loader,
+            runtime.device,
+            progress_bars=runtime.progress_bars,
             autocast_dtype=autocast_dtype(run_cfg.trainer.amp),
         )
     except DataLoadingFailed as failure:
         raise UserError(f"{failure}, then test again with dataset.exclude=<file>") from None
     classes = annotations.classes
     metrics = test_metrics(
-        scores, labels, classes, checkpoint=str(cfg.ckpt), failed_videos=failed,
-        excluded_videos=annotations.excluded, missing_videos=annotations.missing,
-        num_clips=run_cfg.test.num_clips, num_crops=run_cfg.test.num_crops,
+        scores,
+        labels,
+        classes,
+        checkpoint=str(cfg.ckpt),
+        failed_videos=failed,
+        excluded_videos=annotations.excluded,
+        missing_videos=annotations.missing,
+        num_clips=run_cfg.test.num_clips,
+        num_crops=run_cfg.test.num_crops,
     )
     if runtime.is_main:
         write_metrics(run_dir / "metrics.json", metrics)
-        write_predictions(run_dir / "predictions.csv", [test_set.records[i].path for i in indices], labels, scores, classes)
+        write_predictions(
+            run_dir / "predictions.csv", [test_set.records[i].path for i in indices], labels, scores, classes
+        )
         print(summary_line(metrics, run_cfg, run_dir, failed))
     return metrics
 
 
 def summary_line(metrics: dict, run_cfg: Config, run_dir: Path, failed: dict[str, str]) -> str:
     """The line printed at the end of an evaluation."""
-    views = f"{run_cfg.test.num_clips} clip{'s' if run_cfg.test.num_clips != 1 else ''} x {run_cfg.test.num_crops} crop{'s' if run_cfg.test.num_crops != 1 else ''}"
-    undecodable = f"; {len(failed)} undecodable video{'s' if len(failed) != 1 else ''} excluded" if failed else ""
+    views = f"{count_of(run_cfg.test.num_clips, 'clip')} x {count_of(run_cfg.test.num_crops, 'crop')}"
+    undecodable = f"; {count_of(len(failed), 'undecodable video')} excluded" if failed else ""
     return (
         f"test: {metrics['num_videos']} videos ({views}): video top-1 {metrics['top1']:.2f}%, "
-        f"top-5 {metrics['top5']:.2f}%, mean class {metrics['mean_class_accuracy']:.2f}%{undecodable}; results in {run_dir}"
+        f"top-5 {metrics['top5']:.2f}%, mean class {metrics['mean_class_accuracy']:.2f}%{undecodable}; "
+        f"results in {run_dir}"
     )
 
 
@@ -112,9 +137,11 @@ def checkpoint_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> Dic
 
 
 def model_differences(requested: object, saved: object, key: str) -> list[str]:
-    """"key=requested (checkpoint: saved)" for each value under `key` that differs."""
+    """ "key=requested (checkpoint: saved)" for each value under `key` that differs."""
     if not isinstance(requested, DictConfig):
         return [] if requested == saved else [f"{key}={requested} (checkpoint: {saved})"]
     old = OmegaConf.to_container(saved, resolve=True) if isinstance(saved, DictConfig) else {}
     new = OmegaConf.to_container(requested, resolve=True)
-    return [f"{key}.{name}={value} (checkpoint: {old.get(name)})" for name, value in new.items() if old.get(name) != value]
+    return [
+        f"{key}.{name}={value} (checkpoint: {old.get(name)})" for name, value in new.items() if old.get(name) != value
+    ]

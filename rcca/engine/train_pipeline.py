@@ -16,7 +16,12 @@ from torch.utils.tensorboard import SummaryWriter
 from rcca.config import Config
 from rcca.data.annotations import Annotations
 from rcca.data.build import (
-    build_loader, build_test_dataset, build_train_dataset, clip_sampling, evaluation_batch_size, load_dataset,
+    build_loader,
+    build_test_dataset,
+    build_train_dataset,
+    clip_sampling,
+    evaluation_batch_size,
+    load_dataset,
 )
 from rcca.engine.checkpoints import RunCheckpoint, read_checkpoint
 from rcca.engine.distributed import main_process_first
@@ -71,8 +76,11 @@ def _train_in_folder(cfg: Config, runtime: Runtime, overrides: list[str], starte
     metrics = trainer.fit()
     if runtime.is_main:
         metrics = training_metrics(
-            metrics, best_top1=trainer.position.best_top1, classes=annotations.classes,
-            excluded_videos=annotations.excluded, missing_videos=annotations.missing,
+            metrics,
+            best_top1=trainer.position.best_top1,
+            classes=annotations.classes,
+            excluded_videos=annotations.excluded,
+            missing_videos=annotations.missing,
             config_history=trainer.config_history,
         )
         write_metrics(runtime.run_dir / "metrics.json", metrics)
@@ -94,7 +102,9 @@ def check_resumed_classes(resumed: RunCheckpoint | None, classes: list[str]) -> 
     if resumed is None or resumed.classes is None or resumed.classes == classes:
         return
     theirs = resumed.classes
-    first = next((f"{a!r} / {b!r}" for a, b in zip(classes, theirs) if a != b), f"position {min(len(classes), len(theirs)) + 1}")
+    first = next(
+        (f"{a!r} / {b!r}" for a, b in zip(classes, theirs) if a != b), f"position {min(len(classes), len(theirs)) + 1}"
+    )
     raise UserError(
         f"resume: the dataset's classes differ from the checkpoint's ({len(classes)} vs {len(theirs)}, first "
         f"difference at {first}); resume on the same dataset, or start a new run with init_from=<checkpoint>"
@@ -119,7 +129,12 @@ def build_run_model(cfg: Config, start: StartingPoint, runtime: Runtime) -> nn.M
 
 
 def build_trainer(
-    cfg: Config, config: dict, runtime: Runtime, model: nn.Module, root: Path, annotations: Annotations,
+    cfg: Config,
+    config: dict,
+    runtime: Runtime,
+    model: nn.Module,
+    root: Path,
+    annotations: Annotations,
     overrides: list[str],
 ) -> Trainer:
     """Datasets, loaders, the model's runner (torch.compile, DDP) and TensorBoard writer, in a Trainer."""
@@ -129,13 +144,22 @@ def build_trainer(
     log.info("training pipeline: %r", train_set.transform)
     log.info("test pipeline: %r", test_set.transform)
     loader = partial(
-        build_loader, num_workers=cfg.trainer.num_workers, seed=cfg.seed, rank=runtime.rank,
-        world_size=runtime.world_size, timeout=cfg.trainer.data_timeout,
+        build_loader,
+        num_workers=cfg.trainer.num_workers,
+        seed=cfg.seed,
+        rank=runtime.rank,
+        world_size=runtime.world_size,
+        timeout=cfg.trainer.data_timeout,
     )
     log.info(
         "%s + %s at %s: %.2fM parameters; %d train / %d test videos, %d classes",
-        cfg.backbone.name, cfg.module.name, list(cfg.module.positions), sum(p.numel() for p in model.parameters()) / 1e6,
-        len(train_set), len(test_set), len(annotations.classes),
+        cfg.backbone.name,
+        cfg.module.name,
+        list(cfg.module.positions),
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        len(train_set),
+        len(test_set),
+        len(annotations.classes),
     )
     runner = torch.compile(model) if cfg.trainer.compile else model
     if runtime.world_size > 1:
@@ -171,8 +195,13 @@ def log_resume(trainer: Trainer, changes: dict[str, tuple]) -> None:
 def finish_tensorboard(writer: SummaryWriter, cfg: Config, metrics: dict) -> None:
     """Record the run's hyper-parameters with its final scores (TensorBoard's HPARAMS tab), then close."""
     writer.add_hparams(
-        {"backbone": cfg.backbone.name, "module": cfg.module.name, "positions": ",".join(cfg.module.positions),
-         "lr": cfg.optimizer.lr, "epochs": cfg.trainer.epochs},
+        {
+            "backbone": cfg.backbone.name,
+            "module": cfg.module.name,
+            "positions": ",".join(cfg.module.positions),
+            "lr": cfg.optimizer.lr,
+            "epochs": cfg.trainer.epochs,
+        },
         {"hparam/top1": metrics["top1"], "hparam/top5": metrics["top5"]},
         run_name=".",
     )

@@ -178,8 +178,12 @@ class Trainer:
                 f"process has {count_of(len(self.train_loader.sampler), 'training video')}: lower these sizes"
             )
         log.info(
-            "one update = %d clips (%d per step x %s x %s); %s per epoch", cfg.effective_batch_size, cfg.batch_size,
-            count_of(accumulation, "accumulated step"), processes, count_of(updates, "update"),
+            "one update = %d clips (%d per step x %s x %s); %s per epoch",
+            cfg.effective_batch_size,
+            cfg.batch_size,
+            count_of(accumulation, "accumulated step"),
+            processes,
+            count_of(updates, "update"),
         )
         return accumulation, updates
 
@@ -247,8 +251,11 @@ class Trainer:
             changes: {key: (checkpoint value, new value)}; nothing is noted when empty.
         """
         if changes:
-            entry = {"step": self.position.step, "epoch": self.position.epoch,
-                     "changes": {key: list(values) for key, values in changes.items()}}
+            entry = {
+                "step": self.position.step,
+                "epoch": self.position.epoch,
+                "changes": {key: list(values) for key, values in changes.items()},
+            }
             self.config_history.append(entry)
 
     def save(self, name: str) -> None:
@@ -406,8 +413,10 @@ class Trainer:
         self._mark_update_boundary()
         total = self.updates_per_epoch * self.accumulation  # the last incomplete accumulation group is not used
         batches = track(
-            itertools.islice(self.train_loader, total - position.batches_in_epoch), total=total,
-            initial=position.batches_in_epoch, desc=f"epoch {position.epoch + 1}/{self.cfg.epochs}",
+            itertools.islice(self.train_loader, total - position.batches_in_epoch),
+            total=total,
+            initial=position.batches_in_epoch,
+            desc=f"epoch {position.epoch + 1}/{self.cfg.epochs}",
             bars=self.progress_bars,
         )
         meter = TrainingMeter()
@@ -532,8 +541,12 @@ class Trainer:
             for key, value in values.items():
                 self.writer.add_scalar(key, value, self.position.step)
         log.info(
-            "epoch %d, update %d: loss %.3f top1 %.1f lr %.4g, %.1f clips/s", self.position.epoch + 1,
-            self.position.step, values["train/loss"], values["train/top1"], values["train/lr"],
+            "epoch %d, update %d: loss %.3f top1 %.1f lr %.4g, %.1f clips/s",
+            self.position.epoch + 1,
+            self.position.step,
+            values["train/loss"],
+            values["train/top1"],
+            values["train/lr"],
             values["train/clips_per_s"],
         )
 
@@ -549,7 +562,10 @@ class Trainer:
         """
         self.test_loader.sampler.set_epoch(0)
         scores, labels, _, failed = predict_videos(
-            self.model, self.test_loader, self.device, progress_bars=self.progress_bars,
+            self.model,
+            self.test_loader,
+            self.device,
+            progress_bars=self.progress_bars,
             autocast_dtype=self.autocast_dtype,
         )
         if not torch.isfinite(scores).all():  # the last update diverged: its weights must not become best.pt
@@ -570,8 +586,12 @@ class Trainer:
         """
         undecodable = len(metrics["failed_videos"])
         log.info(
-            "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%s%s)", self.position.epoch,
-            metrics["top1"], metrics["top5"], metrics["mean_class_accuracy"], count_of(metrics["num_videos"], "video"),
+            "epoch %d validation: top1 %.2f top5 %.2f mean-class %.2f (%s%s)",
+            self.position.epoch,
+            metrics["top1"],
+            metrics["top5"],
+            metrics["mean_class_accuracy"],
+            count_of(metrics["num_videos"], "video"),
             f", {undecodable} undecodable" if undecodable else "",
         )
         if self.writer is not None:

@@ -29,18 +29,22 @@ R x N x THW x 2 x (C' + C_v) MACs, ~0.3% of an RCCA-3D module at conv3_3;
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-from fvcore.nn import FlopCountAnalysis
-from fvcore.nn.jit_handles import get_shape
 from torch import Tensor, nn
 
 from rcca.models.attention import RCCA3D
 from rcca.models.insertion import context_modules
 from rcca.models.nonlocal_block import NonLocal3D
+
+with warnings.catch_warnings():  # importing fvcore calls torch.jit.script, which PyTorch now deprecates
+    warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated")
+    from fvcore.nn import FlopCountAnalysis
+    from fvcore.nn.jit_handles import get_shape
 
 # Ops that fvcore has no handle for and that we deliberately leave uncounted: element-wise
 # arithmetic, normalised exponentials, masks and pooling (no multiply-accumulate chains).

@@ -142,8 +142,11 @@ class Computation:
 
     def overrides_to_match(self, model: Computation) -> list[str]:
         """The config overrides that make a model computing as `model` compute as `self`."""
-        keys = {"shift_place": "backbone.shift_place", "shift_div": "backbone.shift_div",
-                "nonlocal_subsample": "module.subsample"}
+        keys = {
+            "shift_place": "backbone.shift_place",
+            "shift_div": "backbone.shift_div",
+            "nonlocal_subsample": "module.subsample",
+        }
         overrides = []
         for name, key in keys.items():
             wanted, built = getattr(self, name), getattr(model, name)
