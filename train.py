@@ -10,7 +10,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rcca.config import check_overrides, check_quickstart_dataset, register_configs
+from rcca.config import check_overrides, check_quickstart_choices, register_configs
 from rcca.engine.cli import discard_run_folder_on_failure, exit_codes
 from rcca.engine.resuming import check_named_run_folder
 from rcca.engine.train_pipeline import train
@@ -30,6 +30,6 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     with exit_codes():
         check_overrides(sys.argv[1:])  # before Hydra parses them: unknown keys, unwritable output folders
-        check_quickstart_dataset(sys.argv[1:])  # a real dataset needs a named experiment
+        check_quickstart_choices(sys.argv[1:])  # a real dataset or another backbone needs a named experiment
         check_named_run_folder(sys.argv[1:])  # before Hydra writes its records into a folder another run holds
     main()

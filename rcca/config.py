@@ -38,7 +38,14 @@ CHOICES = "choices"  # field metadata key of the allowed values of a `one_of` ke
 OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir")  # Hydra creates these before the run starts
 SYNTHETIC_CLASSES = 8  # classes of the synthetic set (rcca.data.synthetic.CLASSES)
 INIT_FORMATS = ("rcca", "tsm", "tsn", "mfnet")  # init_from_format: this framework's, or official TSM, TSN, MF-Net files
-QUICKSTART_DATASETS = ("synthetic",)  # datasets the default quick-start may train on
+# What the default quick-start may be combined with: {group or key: allowed values}
+QUICKSTART_CHOICES = {
+    "dataset": ("synthetic",),
+    "dataset.name": ("synthetic",),
+    "backbone": ("tsm_r18",),
+    "backbone.name": ("tsm",),
+    "backbone.depth": ("18",),
+}
 DATASETS = ("synthetic", "video_list", "ucf101", "hmdb51", "kinetics400", "mini_kinetics200")  # dataset.name
 
 
@@ -288,12 +295,15 @@ def check_overrides(argv: list[str]) -> None:
             raise UserError(f"{override.input_line}: {key} cannot be deleted; set it to another value instead")
 
 
-def check_quickstart_dataset(argv: list[str]) -> None:
-    """train.py: refuse a real dataset under the quick-start that is the experiment only by default.
+def check_quickstart_choices(argv: list[str]) -> None:
+    """train.py: refuse another backbone or a real dataset under the quick-start that is the experiment only
+    by default.
 
-    The quick-start (`experiment=quickstart`, the default) trains a narrow ResNet-18 on 64-pixel crops for
-    8 epochs: right for the synthetic set, silently wrong for UCF101. Naming any experiment on the command
-    line (`experiment=paper_tsm`, `experiment=none`, even `experiment=quickstart`) makes the choice explicit.
+    The quick-start (`experiment=quickstart`, the default) trains a narrow ResNet-18 with RCCA-3D at conv3_1
+    on 64-pixel crops for 8 epochs: right for the synthetic set, silently wrong for UCF101 or a ResNet-50.
+    Naming any experiment on the command line (`experiment=paper_tsm`, `experiment=none`, even
+    `experiment=quickstart`) makes the choice explicit. The group choices (`dataset=ucf101`) and the keys
+    that pick the same thing (`dataset.name=ucf101`) are both checked.
     """
     known, _ = get_args_parser().parse_known_args(argv)
     try:
@@ -303,16 +313,17 @@ def check_quickstart_dataset(argv: list[str]) -> None:
     if any(override.key_or_group == "experiment" for override in overrides):
         return
     for override in overrides:
-        if override.key_or_group != "dataset" or override.is_delete():
+        kept = QUICKSTART_CHOICES.get(override.key_or_group)
+        if kept is None or override.is_delete():
             continue
-        choices = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
-        real = [choice for choice in choices if choice not in QUICKSTART_DATASETS]
-        if real:
+        choices = list(override.sweep_string_iterator()) if override.is_sweep_override() else [str(override.value())]
+        other = [choice for choice in choices if choice not in kept]
+        if other:
             raise UserError(
-                f"{override.input_line}: the default experiment is the CPU quick-start (narrow ResNet-18, 64-pixel "
-                f"crops, 8 epochs), made for the synthetic set; name a preset: experiment=paper_tsm (or paper_mfnet) "
-                f"for the paper's recipe, experiment=none to choose every group yourself, or experiment=quickstart "
-                f"to keep the quick-start on dataset={real[0]}"
+                f"{override.input_line}: the default experiment is the CPU quick-start (narrow ResNet-18, RCCA-3D at "
+                "conv3_1, 64-pixel crops, 8 epochs on the synthetic set); name a preset: experiment=paper_tsm (or "
+                "paper_mfnet) for the paper's recipe, experiment=none to choose every group yourself, or "
+                f"experiment=quickstart to keep the quick-start with {override.key_or_group}={other[0]}"
             )
 
 

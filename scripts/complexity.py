@@ -10,7 +10,7 @@ overrides), e.g.
 The dataset only provides num_classes (no videos are read, dataset.root may stay unset).
 The input is 1 x 3 x backbone.num_frames x 224 x 224 (TSM: 8 frames, MF-Net: 16), the
 size of the paper's tables, whatever data.crop_size says; `--size` changes it. Weights
-are not loaded (backbone.pretrained is ignored): they do not change the counts.
+are not loaded (backbone.pretrained is not read): they do not change the counts.
 
 Prints a table (total and per inserted module: parameters, MACs, share, and the paper's
 doubled module increment) and, as its last line, a JSON object with "params", "macs",
@@ -22,11 +22,9 @@ query's masked own position.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 
 import torch
-from omegaconf import OmegaConf
 
 from rcca.config import compose_config
 from rcca.engine.cli import exit_codes
@@ -43,8 +41,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_intermixed_args(argv)
     with exit_codes():
         cfg = compose_config(args.overrides)
-        backbone = dataclasses.replace(OmegaConf.to_object(cfg.backbone), pretrained=None)
-        model = build_model(backbone, OmegaConf.to_object(cfg.module), cfg.dataset.num_classes)
+        backbone = cfg.backbone
+        model = build_model(backbone, cfg.module, cfg.dataset.num_classes)
     # Counting traces one real forward pass. One thread: CPU matmul handles CCA-3D's permuted
     # line products one tiny matrix at a time, which stalls with 2 threads on a busy machine.
     torch.set_num_threads(1)

@@ -11,6 +11,7 @@ import torchvision
 from torch import Tensor, nn
 
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig
+from rcca.engine.checkpoints import read_checkpoint
 from rcca.engine.optim import build_optimizer
 from rcca.models.attention import RCCA3D, CrissCrossAttention3D
 from rcca.models.build import build_model
@@ -233,7 +234,7 @@ def test_torchvision_resnet50_weights_load(tmp_path: Path) -> None:
     path = tmp_path / "resnet50.pth"
     torch.save(reference.state_dict(), path)
     model = TSMResNet(depth=50, num_classes=400)
-    missing = load_imagenet_weights(model, path)
+    missing = load_imagenet_weights(model, read_checkpoint(path, "backbone.pretrained"))
     assert sorted(missing) == ["fc.bias", "fc.weight"]
     loaded, source = model.state_dict(), reference.state_dict()
     assert set(loaded) == set(source)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.data import Dataset
 
-from rcca.config import check_quickstart_dataset, compose_config, validate_config
+from rcca.config import check_quickstart_choices, compose_config, validate_config
 from rcca.data.build import build_loader
 from rcca.engine.cli import TRACEBACK_VARIABLE, evaluation_dir_override, exit_codes
 from rcca.engine.trainer import TrainingStopped
@@ -85,41 +85,48 @@ def test_choosing_a_group_replaces_the_quick_starts_option_whole():
     assert nonlocal_cfg.module.name == "nl" and list(nonlocal_cfg.module.positions) == ["conv4_5"]
     with pytest.raises(UserError, match="conv4_5 is not a block of tsm18; valid: conv2_1"):
         validate_config(nonlocal_cfg)  # the quick-start's ResNet-18 has 2 blocks in conv4: said, not hidden
-    r50 = compose_config(["backbone=tsm_r50"])
-    assert (r50.backbone.depth, r50.backbone.width, r50.backbone.dropout) == (50, 64, 0.5)
     paper_optimizer = compose_config(["optimizer=tsm"]).optimizer
     assert (paper_optimizer.lr, paper_optimizer.weight_decay, paper_optimizer.clip_grad_norm) == (0.02, 5e-4, 20.0)
-    real = compose_config(["experiment=none", "dataset=ucf101"])
-    assert (real.data.crop_size, real.test.resize_short, real.backbone.depth, list(real.module.positions)) == (
-        224,
-        256,
-        50,
-        ["conv3_3"],
-    )
+    # With a preset named, the paper's model, positions and input size.
+    for preset in ("experiment=none", "experiment=paper_tsm"):
+        paper = compose_config([preset, "backbone=tsm_r50", "dataset=ucf101"])
+        model = (paper.backbone.depth, paper.backbone.width, list(paper.module.positions), paper.data.crop_size)
+        assert model == (50, 64, ["conv3_3"], 224) and paper.test.resize_short == 256
+    assert list(compose_config(["experiment=paper_tsm", "module=nl"]).module.positions) == ["conv4_5"]
 
 
-def test_a_real_dataset_under_the_default_quick_start_is_refused():
-    with pytest.raises(UserError, match="dataset=ucf101: the default experiment is the CPU quick-start"):
-        check_quickstart_dataset(["dataset=ucf101", "dataset.root=/x"])
-    with pytest.raises(UserError, match="keep the quick-start on dataset=hmdb51"):
-        check_quickstart_dataset(["-m", "dataset=synthetic,hmdb51"])
-    for fine in (
+def test_another_backbone_or_a_real_dataset_under_the_default_quick_start_is_refused():
+    refused = {
+        "dataset=ucf101": "dataset=ucf101",
+        "dataset.name=hmdb51": "dataset.name=hmdb51",
+        "backbone=tsm_r50": "backbone=tsm_r50",
+        "backbone=mfnet": "backbone=mfnet",
+        "backbone.depth=50": "backbone.depth=50",
+    }
+    for override, named in refused.items():
+        with pytest.raises(UserError, match=f"^{named}: the default experiment is the CPU quick-start"):
+            check_quickstart_choices([override, "dataset.root=/x"])
+    with pytest.raises(UserError, match="keep the quick-start with dataset=hmdb51"):
+        check_quickstart_choices(["-m", "dataset=synthetic,hmdb51"])
+    fine = [
         ["dataset=synthetic"],
+        ["backbone=tsm_r18", "module=none"],
         ["experiment=paper_tsm", "dataset=ucf101"],
-        ["experiment=quickstart", "dataset=video_list"],
-    ):
-        check_quickstart_dataset(fine)
+        ["experiment=quickstart", "dataset=video_list", "backbone=tsm_r50"],
+        ["trainer.epochs=2"],
+    ]
+    for overrides in fine:
+        check_quickstart_choices(overrides)
 
 
 def test_test_results_go_to_a_new_folder_beside_the_checkpoint(tmp_path):
     checkpoint = tmp_path / "run" / "best.pt"
     checkpoint.parent.mkdir()
     checkpoint.write_bytes(b"")
-    first, second = (evaluation_dir_override([f"ckpt={checkpoint}", "test.num_clips=10"]) for _ in range(2))
-    assert first != second  # two evaluations started in the same second get their own folders
-    for override in (first, second):
-        (line,) = override
-        folder = line.split("=", 1)[1].strip("'")
-        assert folder.startswith(f"{tmp_path / 'run' / 'test' / 'best-'}") and os.path.isdir(folder)
+    (line,) = evaluation_dir_override([f"ckpt={checkpoint}", "test.num_clips=10"])
+    folder = line.split("=", 1)[1].strip("'")
+    assert folder.startswith(f"{tmp_path / 'run' / 'test' / 'best-'}") and folder.endswith(f"-{os.getpid()}")
+    assert not os.path.exists(folder)  # Hydra makes it when the evaluation starts: a refused command leaves nothing
     assert evaluation_dir_override([f"ckpt={checkpoint}", f"hydra.run.dir={tmp_path / 'mine'}"]) == []
+    assert evaluation_dir_override(["-m", f"ckpt={checkpoint}", "test.num_clips=1,10"]) == []
     assert evaluation_dir_override([f"ckpt={tmp_path / 'missing.pt'}"]) == []

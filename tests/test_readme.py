@@ -17,7 +17,6 @@ Only models are built (no forward pass); the file takes about 20 s on 2 CPU core
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import itertools
 import re
@@ -27,9 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
 
-from rcca.config import check_overrides, check_quickstart_dataset, compose_config, validate_config
+from rcca.config import check_overrides, check_quickstart_choices, compose_config, validate_config
 from rcca.models.build import build_model
 from rcca.models.complexity import count_parameters
 
@@ -185,7 +183,7 @@ def check_command(command: Command) -> list[str]:
     try:
         check_overrides([o for o in command.overrides if is_placeholder(o)])  # their keys must exist
         if command.script == "train.py":
-            check_quickstart_dataset(command.overrides)
+            check_quickstart_choices(command.overrides)
         runs = compositions(command)
     except Exception as error:  # every failure is reported with its line
         return [f"{where}: {type(error).__name__}: {error}"]
@@ -330,8 +328,7 @@ def model_parameters(overrides: list[str]) -> tuple[int, int]:
     """(parameters, classes) of the model `scripts/complexity.py <overrides>` counts (random weights)."""
     cfg = compose_config(overrides)
     validate_config(cfg)
-    backbone = dataclasses.replace(OmegaConf.to_object(cfg.backbone), pretrained=None)  # as the script does
-    model = build_model(backbone, OmegaConf.to_object(cfg.module), cfg.dataset.num_classes)
+    model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
     return count_parameters(model), cfg.dataset.num_classes
 
 
@@ -353,6 +350,11 @@ def table_problems(table: Table) -> list[str]:
         return cache[tuple(overrides)]
 
     _, command_classes = count(merged(table.command, ["module=none"]))
+    if not any(CLASSES.search(cells[0]) for _, cells in table.rows):
+        problems.append(
+            f"README.md:{table.line}: the table states no class count; its command builds {command_classes} classes:"
+            f" write ({command_classes} classes) in a row's label"
+        )
     for number, cells in table.rows:
         label = CLASSES.sub("", cells[0]).strip()
         where = f"README.md:{number}: row {cells[0]!r}"
@@ -415,3 +417,8 @@ def test_the_table_check_flags_what_it_should() -> None:
     assert "README.md:8: " in problems and "+0.40M written, +0.39M" in problems
     assert "README.md:9: row 'a new row': no model known for this row" in problems
     assert len(problems.splitlines()) == 4, problems
+    unstated = params_table(text.replace(" (400 classes)", ""))
+    assert any(
+        p.startswith("README.md:3: the table states no class count; its command builds 101")
+        for p in table_problems(unstated)
+    )

@@ -293,7 +293,12 @@ _LOADER_MACHINERY = frozenset(Path(module.__file__).resolve() for module in (dat
 
 class VideoLoader(DataLoader):
     """A DataLoader whose iteration reports a worker that died (a decoder crash) or timed out (a hung decoder)
-    as `DataLoadingFailed`, a one-line user error; every other error keeps its type and traceback."""
+    as `DataLoadingFailed`, a one-line user error; every other error keeps its type and traceback.
+
+    A worker's death can also surface outside the iteration (PyTorch's SIGCHLD handler raises wherever the
+    main process is, e.g. in a forward pass): callers that run other work between batches check such
+    errors with `loading_failure`.
+    """
 
     def __iter__(self) -> Iterator:
         batches = super().__iter__()
@@ -303,21 +308,30 @@ class VideoLoader(DataLoader):
             except StopIteration:
                 return
             except RuntimeError as error:
-                if not _raised_by_loader_machinery(error):
+                failure = loading_failure(error)
+                if failure is None:
                     raise
-                raise DataLoadingFailed(
-                    f"data loading failed ({str(error).splitlines()[0]}). A video that crashes or hangs the decoder "
-                    "does it on every run: find such videos with scripts/inspect_dataset.py --decode "
-                    "--write-exclude <file> <overrides>"
-                ) from error
+                raise failure from error
             yield batch
 
 
-def _raised_by_loader_machinery(error: BaseException) -> bool:
-    """Whether the innermost frame of `error` is PyTorch's DataLoader iterator or its worker-failure handler."""
+def loading_failure(error: BaseException) -> DataLoadingFailed | None:
+    """The `DataLoadingFailed` for an error PyTorch's DataLoader raised about its workers (one died or timed
+    out), or None for any other error, including one raised inside a worker (re-raised as its own type).
+
+    Told apart by where the error was raised, not by its message: the innermost frame is PyTorch's
+    DataLoader iterator or its worker-failure signal handler.
+    """
+    if isinstance(error, DataLoadingFailed):
+        return error
     frame = error.__traceback__
-    if frame is None:
-        return False
+    if not isinstance(error, RuntimeError) or frame is None:
+        return None
     while frame.tb_next is not None:
         frame = frame.tb_next
-    return Path(frame.tb_frame.f_code.co_filename).resolve() in _LOADER_MACHINERY
+    if Path(frame.tb_frame.f_code.co_filename).resolve() not in _LOADER_MACHINERY:
+        return None
+    return DataLoadingFailed(
+        f"data loading failed ({str(error).splitlines()[0]}). A video that crashes or hangs the decoder does it "
+        "on every run: find such videos with scripts/inspect_dataset.py --decode --write-exclude <file> <overrides>"
+    )

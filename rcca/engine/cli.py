@@ -7,6 +7,7 @@ other failure, which keeps its traceback. `RCCA_TRACEBACK=1` prints the tracebac
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -32,8 +33,8 @@ log = logging.getLogger("rcca")
 TRACEBACK_VARIABLE = "RCCA_TRACEBACK"  # set to 1: user errors print their traceback too
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report Ctrl-C
-TEST_FOLDER = "test"  # test.py's results: <checkpoint's folder>/test/<checkpoint>-<time>/
-_made_here: set[Path] = set()  # run folders this process made itself (test.py's), not the user's
+TEST_FOLDER = "test"  # test.py's results: <checkpoint's folder>/test/<checkpoint>-<time>-<pid>/
+_made_here: set[Path] = set()  # run folders this process named itself (test.py's), not the user's
 
 
 @contextmanager
@@ -80,8 +81,9 @@ def discard_run_folder_on_failure(run_dir: Path) -> Iterator[None]:
         yield
     except BaseException:
         named_by_user = run_dir_named_on_command_line() and run_dir.resolve() not in _made_here
-        if not named_by_user and discard_unused_run_folder(run_dir):
-            log.debug("removed the unused run folder %s", run_dir)
+        if not named_by_user and discard_unused_run_folder(run_dir) and run_dir.resolve() in _made_here:
+            with contextlib.suppress(OSError):
+                run_dir.parent.rmdir()  # test.py's `test/` folder, when this was its only evaluation
         raise
 
 
@@ -96,12 +98,15 @@ def run_dir_named_on_command_line() -> bool:
 def evaluation_dir_override(argv: list[str]) -> list[str]:
     """test.py: the `hydra.run.dir=...` override that puts its results beside the checkpoint's run.
 
-    Results go to `<checkpoint's folder>/test/<checkpoint name>-<date>_<time>[-N]/` (a new folder, made
-    here so that two evaluations never share one). Nothing is added when the command line names
-    `hydra.run.dir`, names no existing checkpoint file, or when the checkpoint's folder is not writable
-    (Hydra's default `outputs/<date>/<time>` is used then).
+    Results go to `<checkpoint's folder>/test/<checkpoint name>-<date>_<time>-<pid>/` (the process id
+    keeps evaluations started in the same second apart), which Hydra creates when the evaluation starts.
+    Nothing is added for a multirun, when the command line names `hydra.run.dir`, names no existing
+    checkpoint file, or when the checkpoint's folder is not writable (Hydra's default
+    `outputs/<date>/<time>` is used then).
     """
     known, _ = get_args_parser().parse_known_args(argv)
+    if known.multirun:
+        return []
     try:
         overrides = OverridesParser.create().parse_overrides(known.overrides)
     except OverrideParseException:
@@ -110,19 +115,13 @@ def evaluation_dir_override(argv: list[str]) -> list[str]:
     checkpoint = values.get("ckpt")
     if "hydra.run.dir" in values or not isinstance(checkpoint, str) or not Path(checkpoint).is_file():
         return []
-    parent = Path(checkpoint).resolve().parent
-    if not os.access(parent, os.W_OK | os.X_OK):
+    checkpoint_dir = Path(checkpoint).resolve().parent
+    if not os.access(checkpoint_dir, os.W_OK | os.X_OK):
         return []
-    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
-    for attempt in range(1, 1000):
-        folder = parent / TEST_FOLDER / f"{Path(checkpoint).stem}-{stamp}{f'-{attempt}' if attempt > 1 else ''}"
-        try:
-            folder.mkdir(parents=True)
-        except FileExistsError:
-            continue
-        _made_here.add(folder)
-        return [f"hydra.run.dir={_quoted(str(folder))}"]
-    return []
+    name = f"{Path(checkpoint).stem}-{time.strftime('%Y-%m-%d_%H-%M-%S')}-{os.getpid()}"  # pid: one per evaluation
+    folder = checkpoint_dir / TEST_FOLDER / name
+    _made_here.add(folder)
+    return [f"hydra.run.dir={_quoted(str(folder))}"]
 
 
 def _quoted(value: str) -> str:

@@ -63,6 +63,19 @@ def _no_space(path: Path, needed: int, free: int) -> UserError:
     )
 
 
+def lock_holder_line() -> str:
+    """What a run-folder lock file says of its holder: this process, on this host."""
+    return f"process {os.getpid()} on {socket.gethostname()}"
+
+
+def held_by_this_process(folder: Path) -> bool:
+    """Whether the run-folder lock file of `folder` names this process as its (last) holder."""
+    try:
+        return (folder / LOCK_NAME).read_text().strip() == lock_holder_line()
+    except OSError:
+        return False
+
+
 class RunFolderLock:
     """Exclusive use of a run folder by one process, for as long as the process holds it.
 
@@ -113,7 +126,7 @@ class RunFolderLock:
                 (self.folder / name).unlink(missing_ok=True)
         handle.seek(0)
         handle.truncate()
-        handle.write(f"process {os.getpid()} on {socket.gethostname()}\n")
+        handle.write(lock_holder_line() + "\n")
         handle.flush()
         self._handle = handle
 

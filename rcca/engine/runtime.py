@@ -7,6 +7,7 @@ decides once whether progress bars are drawn (rank 0, a terminal, `trainer.progr
 from __future__ import annotations
 
 import logging
+import os
 import random
 import shutil
 import sys
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from rcca.config import Config, validate_config
 from rcca.engine.distributed import broadcast_object, init_distributed, is_main_process
-from rcca.engine.files import LOCK_NAME, RunFolderLock
+from rcca.engine.files import LOCK_NAME, RunFolderLock, held_by_this_process
 from rcca.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,9 @@ def start_run(cfg: Config, run_dir: Path) -> Runtime:
     return Runtime(device=device, rank=rank, world_size=world_size, run_dir=shared_dir, progress_bars=bars)
 
 
-def holds_only_hydra_records(folder: Path) -> bool:
-    """Whether `folder` holds nothing but what Hydra (and the run-folder lock) wrote into it."""
-    return folder.is_dir() and {entry.name for entry in folder.iterdir()} <= HYDRA_RECORDS | {LOCK_NAME}
+def holds_only_hydra_records(folder: Path, also: frozenset[str] = frozenset()) -> bool:
+    """Whether `folder` holds nothing but what Hydra wrote into it (and the names in `also`)."""
+    return folder.is_dir() and {entry.name for entry in folder.iterdir()} <= HYDRA_RECORDS | also
 
 
 def stop_log_files() -> None:
@@ -122,13 +123,26 @@ def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
 def discard_unused_run_folder(run_dir: Path) -> bool:
     """After a failure before any result was written: remove a run folder that holds only Hydra's records.
 
-    Only for folders Hydra named itself (`outputs/<date>/<time>`, sweep job folders): the caller does not
-    call this for a folder named on the command line. Returns whether the folder was removed.
+    Only for folders Hydra or test.py named themselves (`outputs/<date>/<time>`, sweep job folders): the
+    caller does not call this for a folder the user named. Only rank 0 removes (decided from the launcher's
+    RANK when the failure came before the process group existed), and only a folder whose lock, if any, is
+    this process's and free: a folder another run uses or has used is never touched. Returns whether the
+    folder was removed.
     """
-    if not is_main_process() or not holds_only_hydra_records(run_dir):
+    if os.environ.get("RANK", "0") != "0" or not is_main_process():
+        return False
+    if not holds_only_hydra_records(run_dir, also=frozenset({LOCK_NAME})):
+        return False
+    if (run_dir / LOCK_NAME).exists() and not held_by_this_process(run_dir):
+        return False
+    lock = RunFolderLock(run_dir, fresh=False, overwrite=False)
+    try:
+        lock.acquire()  # no other live process can be using the folder while it goes
+    except UserError:
         return False
     stop_log_files()  # the log file is closed before its folder goes
-    shutil.rmtree(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    lock.release()
     return True
 
 

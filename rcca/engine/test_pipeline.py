@@ -5,17 +5,27 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
 
 from rcca.config import Config
-from rcca.data.build import build_loader, build_test_dataset, clip_sampling, evaluation_batch_size, load_dataset
-from rcca.engine.checkpoints import read_run_checkpoint
+from rcca.data.build import (
+    VideoLoader,
+    build_loader,
+    build_test_dataset,
+    clip_sampling,
+    evaluation_batch_size,
+    load_dataset,
+    loading_failure,
+)
+from rcca.engine.checkpoints import RunCheckpoint, read_run_checkpoint
 from rcca.engine.evaluation import predict_videos
 from rcca.engine.metrics import test_metrics, write_metrics, write_predictions
-from rcca.engine.runtime import start_run
+from rcca.engine.runtime import Runtime, start_run
 from rcca.engine.trainer import autocast_dtype
-from rcca.errors import DataLoadingFailed, UserError
+from rcca.errors import UserError
 from rcca.models.build import build_model, to_channels_last
 from rcca.progress import count_of
 
@@ -42,23 +52,7 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         run_cfg.seed,
     )
     log.info("test pipeline: %r", test_set.transform)
-    model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
-    try:
-        model.load_state_dict(checkpoint.model)
-    except RuntimeError:
-        raise UserError(
-            f"ckpt={cfg.ckpt}: its weights do not fit dataset.num_classes={run_cfg.dataset.num_classes}; "
-            "evaluate on a dataset with the checkpoint's classes"
-        ) from None
-    model.to(runtime.device)
-    if run_cfg.trainer.channels_last:
-        to_channels_last(model)
-    log.info(
-        "evaluating on %s, precision %s%s",
-        runtime.device,
-        run_cfg.trainer.amp if run_cfg.trainer.amp != "off" else "float32",
-        ", channels-last" if run_cfg.trainer.channels_last else "",
-    )
+    model = checkpoint_model(run_cfg, checkpoint, runtime.device)
     loader = build_loader(
         test_set,
         evaluation_batch_size(run_cfg.test),
@@ -69,22 +63,11 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         world_size=runtime.world_size,
         timeout=run_cfg.trainer.data_timeout,
     )
-    loader.sampler.set_epoch(0)
-    try:
-        scores, labels, indices, failed = predict_videos(
-            model,
-            loader,
-            runtime.device,
-            progress_bars=runtime.progress_bars,
-            autocast_dtype=autocast_dtype(run_cfg.trainer.amp),
-        )
-    except DataLoadingFailed as failure:
-        raise UserError(f"{failure}, then test again with dataset.exclude=<file>") from None
-    classes = annotations.classes
+    scores, labels, indices, failed = evaluate(model, loader, run_cfg, runtime)
     metrics = test_metrics(
         scores,
         labels,
-        classes,
+        annotations.classes,
         checkpoint=str(cfg.ckpt),
         failed_videos=failed,
         excluded_videos=annotations.excluded,
@@ -93,12 +76,50 @@ def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
         num_crops=run_cfg.test.num_crops,
     )
     if runtime.is_main:
+        videos = [test_set.records[index].path for index in indices]
         write_metrics(run_dir / "metrics.json", metrics)
-        write_predictions(
-            run_dir / "predictions.csv", [test_set.records[i].path for i in indices], labels, scores, classes
-        )
+        write_predictions(run_dir / "predictions.csv", videos, labels, scores, annotations.classes)
         print(summary_line(metrics, run_cfg, run_dir, failed))
     return metrics
+
+
+def checkpoint_model(run_cfg: Config, checkpoint: RunCheckpoint, device: torch.device) -> nn.Module:
+    """The checkpoint's model with its weights, on `device`, channels-last as the run config says."""
+    model = build_model(run_cfg.backbone, run_cfg.module, run_cfg.dataset.num_classes)
+    try:
+        model.load_state_dict(checkpoint.model)
+    except RuntimeError:
+        raise UserError(
+            f"ckpt={run_cfg.ckpt}: its weights do not fit dataset.num_classes={run_cfg.dataset.num_classes}; "
+            "evaluate on a dataset with the checkpoint's classes"
+        ) from None
+    model.to(device)
+    if run_cfg.trainer.channels_last:
+        to_channels_last(model)
+    precision = run_cfg.trainer.amp if run_cfg.trainer.amp != "off" else "float32"
+    layout = ", channels-last" if run_cfg.trainer.channels_last else ""
+    log.info("evaluating on %s, precision %s%s", device, precision, layout)
+    return model
+
+
+def evaluate(
+    model: nn.Module, loader: VideoLoader, run_cfg: Config, runtime: Runtime
+) -> tuple[Tensor, Tensor, list[int], dict[str, str]]:
+    """`predict_videos` over the test loader; a crashed or hung decoder becomes a one-line error saying what to do."""
+    loader.sampler.set_epoch(0)
+    try:
+        return predict_videos(
+            model,
+            loader,
+            runtime.device,
+            progress_bars=runtime.progress_bars,
+            autocast_dtype=autocast_dtype(run_cfg.trainer.amp),
+        )
+    except RuntimeError as error:  # DataLoadingFailed, or a worker's death raised outside the iteration
+        failure = loading_failure(error)
+        if failure is None:
+            raise
+        raise UserError(f"{failure}, then test again with dataset.exclude=<file>") from None
 
 
 def summary_line(metrics: dict, run_cfg: Config, run_dir: Path, failed: dict[str, str]) -> str:
@@ -106,7 +127,7 @@ def summary_line(metrics: dict, run_cfg: Config, run_dir: Path, failed: dict[str
     views = f"{count_of(run_cfg.test.num_clips, 'clip')} x {count_of(run_cfg.test.num_crops, 'crop')}"
     undecodable = f"; {count_of(len(failed), 'undecodable video')} excluded" if failed else ""
     return (
-        f"test: {metrics['num_videos']} videos ({views}): video top-1 {metrics['top1']:.2f}%, "
+        f"test: {count_of(metrics['num_videos'], 'video')} ({views}): video top-1 {metrics['top1']:.2f}%, "
         f"top-5 {metrics['top5']:.2f}%, mean class {metrics['mean_class_accuracy']:.2f}%{undecodable}; "
         f"results in {run_dir}"
     )

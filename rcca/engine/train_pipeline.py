@@ -32,6 +32,7 @@ from rcca.engine.trainer import Trainer
 from rcca.errors import UserError
 from rcca.models.build import build_model, to_channels_last
 from rcca.models.convert import load_pretrained
+from rcca.models.tsm import load_imagenet_weights
 
 log = logging.getLogger("rcca")
 
@@ -114,6 +115,8 @@ def check_resumed_classes(resumed: RunCheckpoint | None, classes: list[str]) -> 
 def build_run_model(cfg: Config, start: StartingPoint, runtime: Runtime) -> nn.Module:
     """The configured model on the run's device, with `init_from` weights, SyncBN and channels-last as configured."""
     model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
+    if cfg.backbone.pretrained:
+        load_imagenet_file(model, cfg.backbone.pretrained)
     if start.init is not None:
         try:
             report = load_pretrained(model, start.init, cfg.init_from_format, f"init_from={cfg.init_from}")
@@ -126,6 +129,15 @@ def build_run_model(cfg: Config, start: StartingPoint, runtime: Runtime) -> nn.M
     if cfg.trainer.channels_last:
         to_channels_last(model)
     return model
+
+
+def load_imagenet_file(model: nn.Module, path: str) -> None:
+    """`backbone.pretrained`: a torchvision ImageNet state dict file, read by the one checkpoint reader."""
+    try:
+        new = load_imagenet_weights(model, read_checkpoint(path, "backbone.pretrained"))
+    except ValueError as error:
+        raise UserError(f"backbone.pretrained={path}: {error}; give torchvision's file of the same depth") from None
+    log.info("loaded ImageNet weights from %s (%d tensors left at their initial values)", path, len(new))
 
 
 def build_trainer(
@@ -165,7 +177,7 @@ def build_trainer(
     if runtime.world_size > 1:
         gpus = [runtime.device.index] if runtime.device.type == "cuda" else None
         runner = nn.parallel.DistributedDataParallel(runner, device_ids=gpus)
-    return Trainer(
+    trainer = Trainer(
         model=runner,
         model_without_ddp=model,
         train_loader=loader(train_set, batch_size=cfg.trainer.batch_size, train=True),
@@ -178,10 +190,12 @@ def build_trainer(
         config=config,
         device=runtime.device,
         world_size=runtime.world_size,
-        writer=SummaryWriter(str(runtime.run_dir / "tensorboard")) if runtime.is_main else None,
         progress_bars=runtime.progress_bars,
         continue_command=partial(continue_command, overrides, runtime.run_dir, runtime.world_size),
     )
+    if runtime.is_main:  # once the Trainer has accepted the batch sizes: a refused run leaves no event file
+        trainer.writer = SummaryWriter(str(runtime.run_dir / "tensorboard"))
+    return trainer
 
 
 def log_resume(trainer: Trainer, changes: dict[str, tuple]) -> None:

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
+from rcca.data.build import loading_failure
 from rcca.engine.checkpoints import (
     RunCheckpoint,
     TrainingPosition,
@@ -41,7 +42,7 @@ from rcca.engine.evaluation import predict_videos
 from rcca.engine.meters import TrainingMeter
 from rcca.engine.metrics import topk_correct, validation_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
-from rcca.errors import DataLoadingFailed, UserError
+from rcca.errors import UserError
 from rcca.progress import count_of, track
 
 log = logging.getLogger(__name__)
@@ -283,7 +284,10 @@ class Trainer:
         previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
         try:
             return self._run_epochs()
-        except DataLoadingFailed as failure:
+        except RuntimeError as error:  # DataLoadingFailed, or a worker's death raised outside the iteration
+            failure = loading_failure(error)
+            if failure is None:
+                raise
             if self.stop_requested:  # a job-wide stop signal (SLURM) also ended the data workers
                 raise self._stopped() from None
             raise UserError(

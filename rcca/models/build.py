@@ -13,7 +13,7 @@ from rcca.models.attention import RCCA3D
 from rcca.models.insertion import insert_context_modules
 from rcca.models.mfnet import MFNet3D
 from rcca.models.nonlocal_block import NonLocal3D
-from rcca.models.tsm import TSMResNet, load_imagenet_weights
+from rcca.models.tsm import TSMResNet
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,9 @@ def context_factory(cfg: ModuleConfig) -> partial[nn.Module] | None:
 
 
 def build_model(backbone: BackboneConfig, module: ModuleConfig, num_classes: int) -> nn.Module:
-    """Backbone (with ImageNet weights if `backbone.pretrained`) plus context modules at `module.positions`.
+    """Backbone plus context modules at `module.positions`, with random weights.
+
+    `backbone.pretrained` names a file that the caller reads and loads (`rcca.models.tsm.load_imagenet_weights`).
 
     Args:
         backbone: which backbone and its settings.
@@ -68,18 +70,9 @@ def build_model(backbone: BackboneConfig, module: ModuleConfig, num_classes: int
         A `VideoBackbone` (`TSMResNet` or `MFNet3D`): N x 3 x T x H x W -> N x num_classes logits.
 
     Raises:
-        ValueError: unknown backbone or module name, ImageNet weights for MF-Net, no or invalid positions.
+        ValueError: unknown backbone or module name, no or invalid positions.
     """
     model = build_backbone(backbone, num_classes)
-    if backbone.pretrained:
-        if backbone.name != "tsm":
-            raise ValueError(
-                "backbone.pretrained: ImageNet weights apply to TSM backbones only; use init_from for MF-Net"
-            )
-        new = load_imagenet_weights(model, backbone.pretrained)
-        log.info(
-            "loaded ImageNet weights from %s (%d tensors left at their initial values)", backbone.pretrained, len(new)
-        )
     factory = context_factory(module)
     if factory is not None and module.positions:
         insert_context_modules(model, list(module.positions), factory)

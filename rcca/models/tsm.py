@@ -9,7 +9,7 @@ checkpoints) shifts the block's input, so both paths see shifted features.
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -206,21 +206,21 @@ class TSMResNet(ResNet):
         return logits.view(n, t, -1).mean(dim=1)  # average consensus over segments
 
 
-def load_imagenet_weights(model: TSMResNet, path: str | Path) -> list[str]:
-    """Load a torchvision ImageNet state dict file (e.g. resnet50-*.pth) into the model.
+def load_imagenet_weights(model: TSMResNet, state: Mapping[str, Tensor]) -> list[str]:
+    """Load a torchvision ImageNet ResNet state dict (e.g. the contents of resnet50-*.pth) into the model.
 
-    The classifier (`fc`) is left out. Returns the names of the model's tensors that the file
-    did not provide (the classifier and any inserted context modules).
+    Args:
+        model: a TSM ResNet of the state dict's depth (context modules may already be inserted).
+        state: the ImageNet state dict; its classifier (`fc`) is left out.
+
+    Returns:
+        The names of the model's tensors that `state` did not provide (the classifier and any
+        inserted context modules).
+
+    Raises:
+        ValueError: `state` holds tensors the model does not have (another architecture or depth).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"backbone.pretrained={path}: file not found; download torchvision's ImageNet weights "
-            "there yourself or set backbone.pretrained=null"
-        )
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = model.load_state_dict(state, strict=False)
+    result = model.load_state_dict({k: v for k, v in state.items() if not k.startswith("fc.")}, strict=False)
     if result.unexpected_keys:
-        raise ValueError(f"backbone.pretrained={path}: unexpected tensors {result.unexpected_keys[:5]}")
+        raise ValueError(f"unexpected tensors {result.unexpected_keys[:5]}: not an ImageNet ResNet of this depth")
     return list(result.missing_keys)
