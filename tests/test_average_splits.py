@@ -46,6 +46,7 @@ def test_ucf101_split_sweep_then_average(tmp_path):
     run_entry(
         "train.py",
         "-m",
+        "experiment=quickstart",  # the tiny quick-start model, on purpose
         "dataset=ucf101",
         f"dataset.root={root}",
         f"dataset.annotations={FIXTURES / 'ucf101'}",
@@ -61,8 +62,9 @@ def test_ucf101_split_sweep_then_average(tmp_path):
     )
     top1 = {}
     for job in range(3):
-        metrics = json.loads((sweep / str(job) / "metrics.json").read_text())
-        config = OmegaConf.load(sweep / str(job) / ".hydra" / "config.yaml")
+        (folder,) = sweep.glob(f"{job}_*dataset.split={job + 1}*")  # job folders carry their overrides
+        metrics = json.loads((folder / "metrics.json").read_text())
+        config = OmegaConf.load(folder / ".hydra" / "config.yaml")
         assert metrics["num_videos"] == 2 and len(metrics["classes"]) == 101  # the present test videos, all classes
         top1[str(config.dataset.split)] = metrics["top1"]
     assert sorted(top1) == ["1", "2", "3"]

@@ -137,7 +137,7 @@ def _wait_for(condition, timeout: float) -> None:
 
 def _start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen:
     """train.py in its own process group (session), as a job under a scheduler."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
     args = [
         sys.executable,
         str(REPO / "train.py"),
@@ -226,6 +226,7 @@ def test_init_from_with_other_class_count_reinitialises_classifier(tmp_path, syn
         synthetic_cache,
         "finetune",
         "trainer.epochs=1",
+        "experiment=quickstart",
         "dataset=video_list",
         f"dataset.root={root}",
         f"dataset.train_list={lists['train']}",
@@ -286,7 +287,7 @@ def test_torchrun_two_processes(tmp_path, synthetic_cache, device, extra):
     # gloo on CPUs, NCCL on GPUs; 2 processes x batch 4 = the effective batch of 8 (no accumulation).
     # A two-job sweep: the jobs share one process group, one after the other.
     sweep = tmp_path / "sweep"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     args = [
         sys.executable,
         "-m",
@@ -306,9 +307,10 @@ def test_torchrun_two_processes(tmp_path, synthetic_cache, device, extra):
     ]
     result = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stdout.count("done: 1 epochs") == 2  # rank 0 alone reports, once per job
-    for job in ("0", "1"):
-        saved = torch.load(sweep / job / "last.pt", weights_only=False)
-        assert saved["step"] == 4 and saved["config"]["seed"] == int(job)  # 32 videos / (2 processes x 4 clips)
-        metrics = json.loads((sweep / job / "metrics.json").read_text())
+    assert result.stdout.count("done: 1 epoch in") == 2  # rank 0 alone reports, once per job
+    for job in (0, 1):
+        (folder,) = sweep.glob(f"{job}_*seed={job}*")  # job folders carry their overrides
+        saved = torch.load(folder / "last.pt", weights_only=False)
+        assert saved["step"] == 4 and saved["config"]["seed"] == job  # 32 videos / (2 processes x 4 clips)
+        metrics = json.loads((folder / "metrics.json").read_text())
         assert metrics["num_videos"] == 16  # each test video counted once across the two processes

@@ -95,7 +95,7 @@ def test_slurm_launcher_preset_composes():
         capture_output=True,
         text=True,
         timeout=120,
-        env={**os.environ, "PYTHONPATH": str(REPO)},
+        env=dict(os.environ),
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
@@ -126,10 +126,11 @@ def test_submitit_launcher_runs_a_two_process_job(tmp_path, synthetic_cache):
         capture_output=True,
         text=True,
         timeout=300,
-        env={**env, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        env={**env, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
-    log = (sweep / "0" / "train.log").read_text()
-    assert "(4 per step x 1 accumulated steps x 2 processes)" in log
-    assert torch.load(sweep / "0" / "last.pt", weights_only=False)["step"] == 4
-    assert json.loads((sweep / "0" / "metrics.json").read_text())["num_videos"] == 16
+    (job,) = sweep.glob("0_*")  # the job folder carries its overrides
+    log = (job / "train.log").read_text()
+    assert "(4 per step x 1 accumulated step x 2 processes)" in log
+    assert torch.load(job / "last.pt", weights_only=False)["step"] == 4
+    assert json.loads((job / "metrics.json").read_text())["num_videos"] == 16

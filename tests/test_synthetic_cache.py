@@ -20,7 +20,6 @@ from pathlib import Path
 
 import av
 import pytest
-from conftest import REPO
 
 from rcca.config import DatasetConfig, SyntheticConfig
 from rcca.data import synthetic
@@ -66,7 +65,7 @@ def assert_complete(folder: Path, spec: SyntheticSpec) -> None:
 def python_child(code: str) -> subprocess.Popen:
     """A `python -c code` subprocess importing rcca from this checkout, logging INFO to stderr."""
     prelude = "import logging; from pathlib import Path; logging.basicConfig(level=logging.INFO); "
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", prelude + code], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
