@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -130,3 +132,41 @@ def test_test_results_go_to_a_new_folder_beside_the_checkpoint(tmp_path):
     assert evaluation_dir_override([f"ckpt={checkpoint}", f"hydra.run.dir={tmp_path / 'mine'}"]) == []
     assert evaluation_dir_override(["-m", f"ckpt={checkpoint}", "test.num_clips=1,10"]) == []
     assert evaluation_dir_override([f"ckpt={tmp_path / 'missing.pt'}"]) == []
+
+
+def _hydra_folder(folder):
+    (folder / ".hydra").mkdir(parents=True)
+    (folder / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (folder / "train.log").write_text("")
+    return folder
+
+
+def test_a_failed_run_never_removes_a_folder_another_run_holds(tmp_path):
+    """Two runs in one outputs/<date>/<time> folder: the refused one must leave the other's records alone."""
+    from rcca.engine.files import LOCK_NAME, RunFolderLock
+    from rcca.engine.runtime import discard_unused_run_folder
+
+    shared = _hydra_folder(tmp_path / "shared")
+    hold = (
+        "import sys, time; from pathlib import Path; from rcca.engine.files import RunFolderLock; "
+        "RunFolderLock(Path(sys.argv[1]), fresh=True, overwrite=False).acquire(); print('held', flush=True); "
+        "time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(shared)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not discard_unused_run_folder(shared)
+        assert (shared / ".hydra" / "config.yaml").is_file() and (shared / LOCK_NAME).is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert not discard_unused_run_folder(shared)  # its holder is gone, but the folder was another run's
+    own = _hydra_folder(tmp_path / "own")
+    lock = RunFolderLock(own, fresh=True, overwrite=False)
+    lock.acquire()
+    lock.release()  # as train() does before the error reaches the entry point
+    assert discard_unused_run_folder(own) and not own.exists()
+    assert discard_unused_run_folder(_hydra_folder(tmp_path / "unlocked"))  # failed before claiming its folder
+    kept = _hydra_folder(tmp_path / "kept")
+    (kept / "last.pt").write_bytes(b"")
+    assert not discard_unused_run_folder(kept) and (kept / "last.pt").is_file()

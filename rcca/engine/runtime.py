@@ -138,7 +138,7 @@ def discard_unused_run_folder(run_dir: Path) -> bool:
     lock = RunFolderLock(run_dir, fresh=False, overwrite=False)
     try:
         lock.acquire()  # no other live process can be using the folder while it goes
-    except UserError:
+    except (UserError, OSError):  # in use, or not writable: left as it is
         return False
     stop_log_files()  # the log file is closed before its folder goes
     shutil.rmtree(run_dir, ignore_errors=True)
