@@ -47,6 +47,20 @@ def run_entry(
     return result
 
 
+def start_training(*overrides: str, stderr: int = subprocess.DEVNULL, new_session: bool = False) -> subprocess.Popen:
+    """Start train.py in the background from the repository root (stdout discarded), for tests that signal
+    or kill it; `new_session` puts it in its own process group, as a job under a scheduler."""
+    return subprocess.Popen(
+        [sys.executable, str(REPO / "train.py"), *overrides],
+        cwd=REPO,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        text=True,
+        start_new_session=new_session,
+    )
+
+
 class WritesMarker:
     """Unpickling an instance runs `Path(marker).write_text("code ran")`: what a malicious checkpoint does."""
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_entry
+from conftest import REPO, TINY, run_entry, start_training
 
 from rcca.data.synthetic import SyntheticSpec, set_folder_name
 
@@ -137,18 +137,8 @@ def _wait_for(condition, timeout: float) -> None:
 
 def _start(run_dir: Path, cache: Path, *extra: str) -> subprocess.Popen:
     """train.py in its own process group (session), as a job under a scheduler."""
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    args = [
-        sys.executable,
-        str(REPO / "train.py"),
-        *TINY,
-        f"data.cache_dir={cache}",
-        f"hydra.run.dir={run_dir}",
-        *extra,
-    ]
-    return subprocess.Popen(
-        args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+    overrides = (*TINY, f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}", *extra)
+    return start_training(*overrides, stderr=subprocess.PIPE, new_session=True)
 
 
 def _step(path: Path) -> int:

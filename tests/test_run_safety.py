@@ -11,13 +11,12 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY, run_entry, save_malicious_checkpoint
+from conftest import REPO, TINY, run_entry, save_malicious_checkpoint, start_training
 
 from rcca.engine.checkpoints import save_checkpoint
 from rcca.engine.files import RunFolderLock
@@ -230,17 +229,9 @@ def test_kill_during_validation_gives_the_uninterrupted_best_and_metrics(tmp_pat
     tiny(synthetic_cache, full, *common)
 
     killed = tmp_path / "killed"
-    env = {**os.environ, "OMP_NUM_THREADS": "2"}
-    args = [
-        sys.executable,
-        str(REPO / "train.py"),
-        *TINY,
-        f"data.cache_dir={synthetic_cache}",
-        f"hydra.run.dir={killed}",
-        "trainer.num_workers=0",
-        *common,
-    ]
-    process = subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_training(
+        *TINY, f"data.cache_dir={synthetic_cache}", f"hydra.run.dir={killed}", "trainer.num_workers=0", *common
+    )
     try:
         _poll(killed / "last.pt", lambda state: state["epoch"] == 1 and not state["validated"], timeout=120)
     finally:
