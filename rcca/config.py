@@ -228,6 +228,12 @@ class DataConfig:
 
 
 @dataclass
+class ImageNetConfig:
+    resnet50: str | None = field(default=None, metadata=path())  # torchvision ResNet-50 ImageNet state dict file: the table presets' TSM start (their backbone.pretrained)
+    mfnet: str | None = field(default=None, metadata=path())  # official MF-Net 2D ImageNet-1k file (MFNet2D_ImageNet1k-0000.pth): the table presets' MF-Net start (their init_from)
+
+
+@dataclass
 class Config:
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
@@ -237,6 +243,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     test: TestConfig = field(default_factory=TestConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    imagenet: ImageNetConfig = field(default_factory=ImageNetConfig)  # ImageNet weights the table presets start from (read only where a preset uses them)
+    results_dir: str = field(default="outputs/paper", metadata=path())  # table presets: one sweep folder per table here; fine-tuning presets find their pre-training checkpoints here
     seed: int = field(default=0, metadata=between(0, 2**32 - 1))  # seed of model init, sampling and augmentation (numpy's range)
     resume: str | None = field(default=None, metadata=path("auto or a checkpoint path"))  # auto: this run folder's last.pt
     overwrite: bool = False  # let a fresh run (no resume) replace the checkpoints already in its run folder

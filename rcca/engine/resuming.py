@@ -53,6 +53,8 @@ RESUMABLE = (
     "dataset.exclude",
     "data.cache_dir",
     "backbone.pretrained",
+    "imagenet.",
+    "results_dir",
 )
 # Keys about how a run starts, not what it trains: never compared on resume.
 STARTING_KEYS = ("resume", "overwrite", "init_from", "init_from_format", "ckpt")

@@ -55,7 +55,7 @@ def check_required(cfg: DictConfig) -> None:
     """Fail before any work with the key's name: mandatory values (???), then every value's rule."""
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
-        raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset")
+        raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset or experiment")
     validate_config(cfg)
 
 
