@@ -8,7 +8,9 @@ these helpers only carry the decision out:
 
 draws a bar when `bars` is true (log records go through tqdm meanwhile, so they do not break it), and
 otherwise logs `evaluating: 120/400 batches (30%), 4.1 batch/s, ETA 1 min 8 s` at most every
-`log_every_s` seconds, plus a final line.
+`log_every_s` seconds, plus a final line. A loop that is one part of a longer job (an epoch of a run)
+passes the work that follows it as `ahead`; its plain lines then also carry the job's ETA:
+`epoch 2/6: 120/400 batches (30%), 4.1 batch/s, ETA 1 min 8 s, run ETA 9 min 40 s`.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from time import monotonic
 from typing import TypeVar
 
@@ -27,6 +30,27 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+@dataclass(frozen=True)
+class Ahead:
+    """The work of a longer job that follows a tracked loop, from which plain lines compute the job's ETA.
+
+    The job's time left is the loop's own time left, plus `items` more items at the rate the loop
+    measures, plus `seconds`; work named in `untimed` is not included, and the line says so
+    (`run ETA 9 min 40 s + 2 validations`).
+
+    Attributes:
+        label: what the job is, the start of its ETA in the line ("run").
+        items: items of the loop's kind, at the loop's rate, that come after it (the later epochs' batches).
+        seconds: the time of the other work after the loop, as far as it has been measured (validations).
+        untimed: the other work after the loop that has no measured time yet ("2 validations"), or "".
+    """
+
+    label: str = "run"
+    items: int = 0
+    seconds: float = 0.0
+    untimed: str = ""
+
+
 def track(
     iterable: Iterable[T],
     *,
@@ -36,6 +60,7 @@ def track(
     unit: str = "batch",
     initial: int = 0,
     log_every_s: float = 30.0,
+    ahead: Ahead | None = None,
 ) -> Iterator[T]:
     """Yield the items of `iterable`, showing how far the loop has come.
 
@@ -48,6 +73,8 @@ def track(
         unit: the name of one item, pluralised in the lines ("batch" -> "batches").
         initial: items already done before this call (a run resumed mid-epoch); counted, not timed.
         log_every_s: without bars, the least time between two log lines (a final line comes in any case).
+        ahead: without bars, the work of the longer job that follows this loop: every line with an ETA, and
+            the final line of a loop that reached `total`, also gives the job's ETA (see `Ahead`).
 
     Returns:
         An iterator over the items of `iterable`, in order.
@@ -58,7 +85,7 @@ def track(
                 yield item
                 bar.update(1)
         return
-    lines = LogLines(total=total, desc=desc, unit=unit, initial=initial, log_every_s=log_every_s)
+    lines = LogLines(total=total, desc=desc, unit=unit, initial=initial, log_every_s=log_every_s, ahead=ahead)
     try:
         for item in iterable:
             try:
@@ -84,7 +111,16 @@ def redirect_logging(bars: bool) -> contextlib.AbstractContextManager:
 class LogLines:
     """Plain progress lines through `logging`: at most one every `log_every_s` seconds, and a final one."""
 
-    def __init__(self, *, total: int | None, desc: str, unit: str, initial: int, log_every_s: float) -> None:
+    def __init__(
+        self,
+        *,
+        total: int | None,
+        desc: str,
+        unit: str,
+        initial: int,
+        log_every_s: float,
+        ahead: Ahead | None = None,
+    ) -> None:
         """Start timing now.
 
         Args:
@@ -93,10 +129,12 @@ class LogLines:
             unit: the name of one item.
             initial: items done before timing starts.
             log_every_s: the least time between two lines.
+            ahead: the work of a longer job after the loop, for the job's ETA; None for a loop on its own.
         """
         self.total, self.desc, self.unit = total, desc, unit
         self.initial = self.done = initial
         self.log_every_s = log_every_s
+        self.ahead = ahead
         self.start = self.last_line = monotonic()
 
     def advance(self) -> None:
@@ -112,7 +150,8 @@ class LogLines:
         log.info("%s", self.line(monotonic(), final=True))
 
     def line(self, now: float, final: bool) -> str:
-        """`desc: done/total units (percent), rate unit/s` and the time left (or, when `final`, the time taken).
+        """`desc: done/total units (percent), rate unit/s` and the time left (or, when `final`, the time taken),
+        then the longer job's ETA when there is an `ahead`.
 
         Args:
             now: the clock's reading.
@@ -132,7 +171,23 @@ class LogLines:
             parts.append(f"in {duration(elapsed)}")
         elif self.total is not None and rate > 0:
             parts.append(f"ETA {duration((self.total - self.done) / rate)}")
+        if self.ahead is not None and self.total is not None and rate > 0 and (not final or self.done >= self.total):
+            parts.append(self.job_eta(rate))
         return ", ".join(parts)
+
+    def job_eta(self, rate: float) -> str:
+        """The longer job's ETA: this loop's items left and `ahead.items` at `rate`, plus `ahead.seconds`.
+
+        Args:
+            rate: the loop's measured items per second (> 0).
+
+        Returns:
+            E.g. `run ETA 9 min 40 s`, or `run ETA 9 min 40 s + 2 validations` when some work is not timed yet.
+        """
+        ahead = self.ahead
+        left = max(self.total - self.done, 0) + ahead.items
+        text = f"{ahead.label} ETA {duration(left / rate + ahead.seconds)}"
+        return f"{text} + {ahead.untimed}" if ahead.untimed else text
 
 
 def count_of(number: int, unit: str) -> str:

@@ -1,18 +1,27 @@
-"""Launching on clusters: process-group variables from SLURM / submitit, and Hydra's submitit launcher."""
+"""Launching on clusters: process-group variables from SLURM / submitit, Hydra's submitit launcher, and the
+requeueing of a job that submitit's pre-emption / time-limit signal stopped."""
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
 from conftest import REPO, TINY
 
+from rcca.engine.cli import exit_codes
 from rcca.engine.distributed import cluster_environment, first_host
+from rcca.engine.requeue import requeue_stopped_job, submitit_requeue_handler
+from rcca.engine.trainer import TrainingStopped
 
 
 @pytest.fixture
@@ -134,3 +143,162 @@ def test_submitit_launcher_runs_a_two_process_job(tmp_path, synthetic_cache):
     assert "(4 per step x 1 accumulated step x 2 processes)" in log
     assert torch.load(job / "last.pt", weights_only=False)["step"] == 4
     assert json.loads((job / "metrics.json").read_text())["num_videos"] == 16
+
+
+# ---------------------------------------------------------------- requeueing after submitit's signal
+
+
+class Resubmittable:
+    """A job function that submitit can checkpoint, as Hydra's submitit launcher is."""
+
+    def __call__(self) -> None:
+        pass
+
+    def checkpoint(self):
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self)
+
+
+@pytest.fixture
+def submitit_signal_handler(tmp_path, clean_environment):
+    """submitit's handler of its pre-emption signal in a local job, as `submitit.core._submit` installs it."""
+    from submitit.core.job_environment import SignalHandler
+    from submitit.core.utils import DelayedSubmission, JobPaths
+    from submitit.local.local import LocalJobEnvironment
+
+    clean_environment.setenv("SUBMITIT_EXECUTOR", "local")
+    clean_environment.setenv("SUBMITIT_LOCAL_JOB_ID", "7")
+    delayed = DelayedSubmission(Resubmittable())
+    delayed.set_timeout(60, 3)  # 60 minutes, 3 requeues after time-outs
+    return SignalHandler(LocalJobEnvironment(), JobPaths(tmp_path, job_id="7", task_id=0), delayed)
+
+
+def stop_by(handler, resume: str | None) -> TrainingStopped:
+    """A stop by SIGUSR2 as the trainer raises it, having replaced `handler`."""
+    return TrainingStopped("stopped by SIGUSR2", 143, signum=signal.SIGUSR2, previous_handler=handler, resume=resume)
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "rcca" and r.levelno == logging.WARNING]
+
+
+def test_only_submitits_requeue_handler_requeues(submitit_signal_handler):
+    handler = submitit_signal_handler
+    assert submitit_requeue_handler(handler.checkpoint_and_try_requeue) == handler.checkpoint_and_try_requeue
+    for other in (signal.SIG_DFL, signal.SIG_IGN, None, print, handler.bypass, handler.checkpoint_and_exit):
+        assert submitit_requeue_handler(other) is None
+        requeue_stopped_job(stop_by(other, "auto"))  # nothing happens: the caller exits as before
+    assert not handler._job_paths.submitted_pickle.exists()
+
+
+def test_a_resume_auto_job_is_requeued_with_submitits_exit_code(submitit_signal_handler, caplog):
+    from submitit.local.local import LOCAL_REQUEUE_RETURN_CODE
+
+    caplog.set_level(logging.INFO)
+    with pytest.raises(SystemExit) as exited, exit_codes():
+        raise stop_by(submitit_signal_handler.checkpoint_and_try_requeue, "auto")
+    assert exited.value.code == LOCAL_REQUEUE_RETURN_CODE  # the local executor starts the job again
+    assert submitit_signal_handler._job_paths.submitted_pickle.exists()  # what the requeued job runs
+    assert warnings_of(caplog) == [
+        "stopped by SIGUSR2",
+        "job requeued by submitit: it will start again and continue from last.pt (resume=auto)",
+    ]
+
+
+@pytest.mark.parametrize(
+    "resume, reason", [(None, "resume is not set"), ("/runs/a/last.pt", "resume=/runs/a/last.pt, not auto")]
+)
+def test_a_job_without_resume_auto_is_not_requeued_and_says_why(submitit_signal_handler, caplog, resume, reason):
+    with pytest.raises(SystemExit) as exited, exit_codes():
+        raise stop_by(submitit_signal_handler.checkpoint_and_try_requeue, resume)
+    assert exited.value.code == 143  # as without submitit
+    assert not submitit_signal_handler._job_paths.submitted_pickle.exists()
+    assert warnings_of(caplog) == [
+        "stopped by SIGUSR2",
+        f"job not requeued: {reason}, so a requeued job would not continue from this last.pt; run the sweep with "
+        "resume=auto to have pre-empted and timed-out jobs requeued",
+    ]
+
+
+def test_submitits_refusal_and_other_ranks_exit_as_before(submitit_signal_handler, clean_environment, caplog):
+    submitit_signal_handler._delayed.set_timeout(1, 0)  # timed out (a 1-minute job), and no requeue left
+    with pytest.raises(SystemExit) as exited, exit_codes():
+        raise stop_by(submitit_signal_handler.checkpoint_and_try_requeue, "auto")
+    assert exited.value.code == 143
+    assert warnings_of(caplog)[-1] == "Job not requeued because: timed-out too many times."
+    caplog.clear()
+    clean_environment.setenv("SUBMITIT_LOCAL_GLOBALID", "1")  # submitit requeues from global rank 0 only
+    with pytest.raises(SystemExit) as exited, exit_codes():
+        raise stop_by(submitit_signal_handler.checkpoint_and_try_requeue, "auto")
+    assert exited.value.code == 143
+    assert warnings_of(caplog) == ["stopped by SIGUSR2"]
+
+
+def _step(checkpoint: Path) -> int:
+    try:
+        return torch.load(checkpoint, weights_only=True)["step"]
+    except Exception:  # not written yet
+        return -1
+
+
+def test_a_preempted_sweep_job_is_requeued_and_ends_as_an_uninterrupted_run(tmp_path, synthetic_cache):
+    # One job of Hydra's submitit launcher (local flavour) gets submitit's signal (SIGUSR2) after its first
+    # update: it saves last.pt, is requeued, continues with resume=auto, and ends with the weights and metrics
+    # of the same run left alone (trained alongside, as a plain run).
+    common = (
+        *TINY,
+        f"data.cache_dir={synthetic_cache}",
+        "trainer.epochs=1",
+        "trainer.checkpoint_every=1",
+        "trainer.num_workers=0",
+        "resume=auto",
+    )
+    env = {name: value for name, value in os.environ.items() if not name.startswith(("SLURM_", "SUBMITIT_"))}
+    env["OMP_NUM_THREADS"] = "2"
+    train = [sys.executable, str(REPO / "train.py")]
+    output = (tmp_path / "sweep.out").open("w")
+    sweep_dir = tmp_path / "sweep"
+    sweep = subprocess.Popen(
+        [*train, "-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep_dir}"]
+        + list(common),
+        cwd=REPO,
+        env=env,
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # its own process group, with submitit's controller and the job's task
+    )
+    reference = subprocess.Popen(
+        [*train, *common, f"hydra.run.dir={tmp_path / 'reference'}"], cwd=REPO, env=env, stdout=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.time() + 240
+        while not any(_step(path) >= 1 for path in sweep_dir.glob("0_*/last.pt")):
+            assert sweep.poll() is None and time.time() < deadline, (tmp_path / "sweep.out").read_text()[-3000:]
+            time.sleep(0.05)
+        (job,) = sweep_dir.glob("0_*")
+        holder = (job / ".rcca.lock").read_text().split()  # "process <pid> on <host>": the job's training task
+        os.kill(int(holder[1]), signal.SIGUSR2)
+        assert sweep.wait(timeout=300) == 0, (tmp_path / "sweep.out").read_text()[-3000:]
+        assert reference.wait(timeout=300) == 0
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)  # with submitit's controller and the job's task
+        if reference.poll() is None:
+            reference.kill()
+        sweep.wait()
+        reference.wait()
+        output.close()
+
+    log = (job / "train.log").read_text()
+    assert log.count("stopped by SIGUSR2") == 1 and log.count("job requeued by submitit") == 1
+    resumed_at = re.search(r"resumed at epoch 1, update (\d+)", log)
+    assert resumed_at and 1 <= int(resumed_at[1]) < 4, log[-3000:]  # it continued the interrupted epoch
+    expected_metrics = json.loads((tmp_path / "reference" / "metrics.json").read_text())
+    assert json.loads((job / "metrics.json").read_text()) == expected_metrics
+    for name in ("last.pt", "best.pt"):
+        expected = torch.load(tmp_path / "reference" / name, weights_only=True)
+        resumed = torch.load(job / name, weights_only=True)
+        assert resumed["step"] == expected["step"] == 4
+        for key, value in expected["model"].items():
+            assert torch.equal(resumed["model"][key], value), (name, key)

@@ -1,4 +1,5 @@
-"""Progress lines and bars: plain log lines with counts, rate and ETA without bars; a bar, and no lines, with them."""
+"""Progress lines and bars: plain log lines with counts, rate and ETA (the loop's, and a longer job's) without
+bars; a bar, and no lines, with them."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import logging
 import pytest
 
 from rcca import progress
-from rcca.progress import count_of, duration, track
+from rcca.progress import Ahead, count_of, duration, track
 
 
 class FakeClock:
@@ -59,6 +60,34 @@ def test_a_loop_left_early_still_gets_its_final_line(monkeypatch, caplog):
             break
     # Items 0 to 2 were done (the loop left after item 2), 4 s after the start.
     assert progress_lines(caplog) == ["epoch 1/1: 3/10 batches (30%), 0.8 batch/s, in 4 s"]
+
+
+def test_plain_lines_of_an_epoch_give_the_runs_eta_too(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "monotonic", FakeClock(step=1.0))
+    caplog.set_level(logging.INFO, logger="rcca.progress")
+    # After this epoch: 20 batches of later epochs (at this epoch's rate) and 5 s of timed validations.
+    ahead = Ahead(label="run", items=20, seconds=5.0)
+    list(track(range(10), total=10, desc="epoch 1/3", bars=False, log_every_s=4.0, ahead=ahead))
+    # At item 4 (1 item/s): 6 s left in the epoch; the run has 6 + 20 batches (26 s) and 5 s of validation left.
+    # The final line (10 items in 11 s): 20 batches at 10/11 per second (22 s) and the validations.
+    assert progress_lines(caplog) == [
+        "epoch 1/3: 4/10 batches (40%), 1.0 batch/s, ETA 6 s, run ETA 31 s",
+        "epoch 1/3: 8/10 batches (80%), 1.0 batch/s, ETA 2 s, run ETA 27 s",
+        "epoch 1/3: 10/10 batches (100%), 0.9 batch/s, in 11 s, run ETA 27 s",
+    ]
+
+
+def test_work_not_timed_yet_is_named_and_a_loop_left_early_gives_no_run_eta(monkeypatch, caplog):
+    monkeypatch.setattr(progress, "monotonic", FakeClock(step=1.0))
+    caplog.set_level(logging.INFO, logger="rcca.progress")
+    ahead = Ahead(label="run", items=5, untimed="2 validations")
+    for item in track(range(10), total=10, desc="epoch 1/2", bars=False, log_every_s=4.0, ahead=ahead):
+        if item == 5:
+            break  # a stop signal: the run's ETA no longer applies
+    assert progress_lines(caplog) == [
+        "epoch 1/2: 4/10 batches (40%), 1.0 batch/s, ETA 6 s, run ETA 11 s + 2 validations",
+        "epoch 1/2: 6/10 batches (60%), 0.9 batch/s, in 7 s",
+    ]
 
 
 def test_bars_draw_a_bar_and_log_no_lines(caplog, capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from datetime import timedelta
 from pathlib import Path
@@ -24,9 +25,10 @@ from rcca.engine.metrics import video_metrics
 from rcca.engine.optim import build_optimizer, lr_factor
 from rcca.engine.resuming import resume_checkpoint
 from rcca.engine.runtime import leave_outputs_to_rank_zero
-from rcca.engine.trainer import Trainer, TrainingDiverged, TrainingStopped, accumulation_steps
+from rcca.engine.trainer import Trainer, TrainingDiverged, TrainingStopped, accumulation_steps, work_after_epoch
 from rcca.errors import UserError
 from rcca.models.build import build_model, to_channels_last
+from rcca.progress import Ahead
 
 
 class PointsDataset(Dataset):
@@ -401,12 +403,47 @@ def test_a_stop_signal_saves_the_last_update_and_raises_training_stopped(tmp_pat
         trainer.fit()
     assert stopped.value.exit_code == exit_code
     assert f"saved {tmp_path / 'last.pt'}. Continue with: resume=auto" in str(stopped.value)
+    # What a requeue needs (rcca.engine.requeue): the signal, the handler fit replaced for it, the run's resume.
+    assert (stopped.value.signum, stopped.value.previous_handler, stopped.value.resume) == (signum, handler, None)
     assert signal.getsignal(signum) is handler  # fit's handlers are gone
     # The update of the batch being loaded completes, then training stops: after 2 updates of epoch 1.
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
     assert (saved["step"], saved["epoch"], saved["batches_in_epoch"], saved["validated"]) == (2, 0, 2, True)
     for key, value in trainer.model_without_ddp.state_dict().items():
         assert torch.equal(saved["model"][key], value), key
+
+
+@pytest.mark.parametrize(
+    "epoch, eval_every, validation_s, expected",
+    [
+        # Epoch 1 of 6, validated every 2: 5 later epochs of 8 batches, validations after epochs 2, 4 and 6.
+        (0, 2, None, Ahead(label="run", items=40, untimed="3 validations")),
+        (0, 2, 1.5, Ahead(label="run", items=40, seconds=4.5)),
+        # Epoch 5 of 6: one later epoch; epoch 5 is not validated, epoch 6 (the last) is.
+        (4, 2, 2.0, Ahead(label="run", items=8, seconds=2.0)),
+        # The last epoch, validated every 4: only its own (last) validation is left.
+        (5, 4, None, Ahead(label="run", items=0, untimed="1 validation")),
+        (5, 4, 3.0, Ahead(label="run", items=0, seconds=3.0)),
+    ],
+)
+def test_the_runs_eta_counts_later_epochs_and_the_validations_still_due(epoch, eval_every, validation_s, expected):
+    assert work_after_epoch(epoch, 6, eval_every, 8, validation_s) == expected
+
+
+def test_plain_epoch_lines_carry_the_runs_eta(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="rcca.progress")
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), shuffle=True))
+    cfg = TrainerConfig(epochs=2, batch_size=4, effective_batch_size=4, log_every=1000, progress=False)
+    cpu_trainer(loader, tmp_path, cfg).fit()
+    epochs = [
+        r.getMessage() for r in caplog.records if r.name == "rcca.progress" and r.getMessage().startswith("epoch")
+    ]
+    # Epoch 1 has not timed a validation yet: they are named; epoch 2 counts epoch 1's validation time.
+    assert re.fullmatch(
+        r"epoch 1/2: 8/8 batches \(100%\), [\d.]+ batch/s, in \d+ s, run ETA \d+ s \+ 2 validations", epochs[0]
+    )
+    assert re.fullmatch(r"epoch 2/2: 8/8 batches \(100%\), [\d.]+ batch/s, in \d+ s, run ETA \d+ s", epochs[1])
 
 
 # What last.pt and best.pt hold on disk: files of every rcca version must keep loading.

@@ -3,6 +3,8 @@
 Exit codes: 0 done; 2 a user error (bad config, file or data), printed as one line `error: ...`;
 130 stopped by Ctrl-C and 143 by SIGTERM / SLURM's warning signals (after saving last.pt); 1 any
 other failure, which keeps its traceback. `RCCA_TRACEBACK=1` prints the traceback of user errors too.
+A job of Hydra's submitit launcher stopped by submitit's pre-emption signal is requeued instead, with
+submitit's exit code, when it runs with `resume=auto` (`rcca.engine.requeue`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 
 from rcca.engine.distributed import is_distributed
+from rcca.engine.requeue import requeue_stopped_job
 from rcca.engine.runtime import discard_unused_run_folder
 from rcca.engine.trainer import TrainingStopped
 from rcca.errors import UserError
@@ -43,12 +46,14 @@ def exit_codes() -> Iterator[None]:
 
     Only `UserError` (and its subclasses) becomes one line; any other exception keeps its traceback.
     On one process of several, a failure exits 1 after logging it, so a Hydra sweep does not go on to
-    its next job out of step with the other processes.
+    its next job out of step with the other processes. A stop by submitit's pre-emption signal may
+    requeue the job first (`requeue_stopped_job`), which exits with submitit's code.
     """
     try:
         yield
     except TrainingStopped as stop:
         log.warning("%s", stop)
+        requeue_stopped_job(stop)
         sys.exit(stop.exit_code)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

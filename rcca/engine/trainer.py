@@ -9,7 +9,10 @@ micro-batch losses instead; with lr/8 that is the same update.)
 
 How a run ends early: a stop signal saves last.pt and raises `TrainingStopped`; a non-finite loss
 raises `TrainingDiverged`; a data loader that fails (`DataLoadingFailed`) raises a `UserError`
-that says how to continue without the video at fault. The entry point reports them and exits.
+that says how to continue without the video at fault. The entry point reports them and exits
+(after a cluster's pre-emption signal it may first requeue the job: `rcca.engine.requeue`).
+
+Without progress bars, the plain progress lines of an epoch also give the run's ETA (see `work_after_epoch`).
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from rcca.engine.meters import TrainingMeter
 from rcca.engine.metrics import topk_correct, validation_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
 from rcca.errors import UserError
-from rcca.progress import count_of, track
+from rcca.progress import Ahead, count_of, track
 
 log = logging.getLogger(__name__)
 
@@ -64,17 +67,34 @@ class TrainingStopped(Exception):
 
     The message says where last.pt is and the command that continues the run. The entry point
     prints it and exits with `exit_code`: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, SIGUSR1 or SIGUSR2.
+    It also carries what a cluster job needs to be requeued (`rcca.engine.requeue`): the signal, the
+    handler that the trainer had replaced for it (a job scheduler's, e.g. submitit's requeue handler),
+    and the run's `resume` setting.
     """
 
-    def __init__(self, message: str, exit_code: int) -> None:
-        """Keep the exit status with the message.
+    def __init__(
+        self,
+        message: str,
+        exit_code: int,
+        *,
+        signum: int | None = None,
+        previous_handler: object = None,
+        resume: str | None = None,
+    ) -> None:
+        """Keep the exit status and the signal's particulars with the message.
 
         Args:
             message: what happened and how to continue.
             exit_code: the process's exit status (128 + the signal's number, as a shell reports a kill).
+            signum: the stop signal this process received; None when the stop came from another process.
+            previous_handler: what handled `signum` before training replaced it (`signal.getsignal`'s value).
+            resume: the run's `resume` setting (None, `auto` or a checkpoint path).
         """
         super().__init__(message)
         self.exit_code = exit_code
+        self.signum = signum
+        self.previous_handler = previous_handler
+        self.resume = resume
 
 
 @dataclass
@@ -160,6 +180,8 @@ class Trainer:
         self._verified_step = -1  # its update count, on every rank
         self.stop_requested = False  # on any process (after the next check)
         self._stop_signal: int | None = None  # the stop signal this process received
+        self._previous_handlers: dict[int, object] = {}  # what handled each stop signal before `fit` (a scheduler's)
+        self._validation_s: float | None = None  # how long the last validation of this process took
         self._mark_update_boundary()
 
     def _plan_updates(self) -> tuple[int, int]:
@@ -282,6 +304,7 @@ class Trainer:
                 how to continue without it.
         """
         previous = {sig: signal.signal(sig, self._request_stop) for sig in STOP_SIGNALS}
+        self._previous_handlers = dict(previous)
         try:
             return self._run_epochs()
         except RuntimeError as error:  # DataLoadingFailed, or a worker's death raised outside the iteration
@@ -324,7 +347,7 @@ class Trainer:
             The validation metrics, or {} when this epoch is not validated.
         """
         epoch = self.position.epoch
-        due = epoch % self.cfg.eval_every == 0 or epoch == self.cfg.epochs
+        due = validation_due(epoch, self.cfg.epochs, self.cfg.eval_every)
         metrics = self.validate() if due else {}
         self.position.validated = True
         if metrics and metrics["top1"] > self.position.best_top1:
@@ -370,6 +393,9 @@ class Trainer:
         return TrainingStopped(
             f"stopped by {received}; saved {last}. Continue with: {self.continue_command({})}",
             exit_code=130 if self._stop_signal == signal.SIGINT else 143,
+            signum=self._stop_signal,
+            previous_handler=self._previous_handlers.get(self._stop_signal),
+            resume=self.config.get("resume"),
         )
 
     def _diverged(self, loss: float) -> TrainingDiverged:
@@ -422,6 +448,7 @@ class Trainer:
             initial=position.batches_in_epoch,
             desc=f"epoch {position.epoch + 1}/{self.cfg.epochs}",
             bars=self.progress_bars,
+            ahead=work_after_epoch(position.epoch, self.cfg.epochs, self.cfg.eval_every, total, self._validation_s),
         )
         meter = TrainingMeter()
         with contextlib.closing(batches):
@@ -565,6 +592,7 @@ class Trainer:
             TrainingDiverged: the scores are not finite (the last update diverged).
         """
         self.test_loader.sampler.set_epoch(0)
+        started = perf_counter()
         scores, labels, _, failed = predict_videos(
             self.model,
             self.test_loader,
@@ -572,6 +600,7 @@ class Trainer:
             progress_bars=self.progress_bars,
             autocast_dtype=self.autocast_dtype,
         )
+        self._validation_s = perf_counter() - started
         if not torch.isfinite(scores).all():  # the last update diverged: its weights must not become best.pt
             raise self._diverged(float("nan"))
         train_failed = dict(sorted(gather_lists(sorted(self.failed_train.items()))))
@@ -615,6 +644,50 @@ def autocast_dtype(amp: str) -> torch.dtype | None:
     if amp not in AMP_DTYPES:
         raise UserError(f"trainer.amp={amp!r}: choose one of {', '.join(AMP_DTYPES)}")
     return AMP_DTYPES[amp]
+
+
+def validation_due(epoch: int, epochs: int, eval_every: int) -> bool:
+    """Whether the end of an epoch is validated: every `eval_every` epochs, and the last epoch always.
+
+    Args:
+        epoch: the epoch's number, counted from 1.
+        epochs: the run's epochs.
+        eval_every: `trainer.eval_every`.
+
+    Returns:
+        Whether that epoch ends with a validation.
+    """
+    return epoch % eval_every == 0 or epoch == epochs
+
+
+def work_after_epoch(
+    epoch: int, epochs: int, eval_every: int, batches_per_epoch: int, validation_s: float | None
+) -> Ahead:
+    """What the run still does after the training batches of an epoch, for the run's ETA on plain progress lines.
+
+    The run's ETA is the time its remaining training batches take at the rate the current epoch measures
+    (this epoch's rest and every later epoch's batches), plus every validation still due (this epoch's
+    included) at the duration of the last validation this process timed. Until one has been timed (the
+    first epoch of a run or of a resumed run), validations are not guessed: the line names them instead
+    (`run ETA 9 min 40 s + 6 validations`). Start-up and checkpoint writing are not counted.
+
+    Args:
+        epoch: epochs already completed (`position.epoch`): the epoch being trained is `epoch + 1`.
+        epochs: the run's epochs.
+        eval_every: `trainer.eval_every`.
+        batches_per_epoch: the batches (micro-batches of this process) that one epoch trains on.
+        validation_s: the last validation's duration in seconds, or None when none has been timed.
+
+    Returns:
+        The later epochs' batches, and the validations still due: timed, or named as `untimed`.
+    """
+    validations = sum(validation_due(number, epochs, eval_every) for number in range(epoch + 1, epochs + 1))
+    later_batches = max(epochs - epoch - 1, 0) * batches_per_epoch
+    if validation_s is None:
+        return Ahead(
+            label="run", items=later_batches, untimed=count_of(validations, "validation") if validations else ""
+        )
+    return Ahead(label="run", items=later_batches, seconds=validations * validation_s)
 
 
 def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: int) -> int:
