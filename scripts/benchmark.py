@@ -1,4 +1,4 @@
-"""Speed and memory benchmarks: `python scripts/benchmark.py modules|data [options]`.
+"""Speed and memory benchmarks: `python scripts/benchmark.py modules|data|training [options]`.
 
 modules  Forward + backward time (median of --repeats runs after --warmup) and peak memory
          of RCCA-3D (structure a, R=3, C_d=1/4) and the non-local block (with and without
@@ -15,6 +15,20 @@ data     Decode + augmentation throughput (clips/s) of the training pipeline
          videos it writes to a temporary folder: 8-frame TSM segment clips and 16-frame
          dense clips (every 2nd frame, MF-Net's recipe), for 0, 1 and 2 loader workers,
          with decord and PyAV.
+training Training throughput (clips/s) of full models, the rows of the paper's Table VI
+         (--rows, default all; rcca/configs/model/<row>.yaml with a 400-class classifier):
+         forward, cross-entropy, backward and the row's SGD update (momentum, weight decay;
+         no gradient clipping) on random clips of batch x 3 x backbone.num_frames x size x
+         size (8 frames for TSM, 16 for MF-Net) and random labels, median step time over
+         --steps after --warmup. On CUDA: batch 16 at 224, 10 steps after 3, unless told;
+         autocast per --amp (fp16 with a gradient scaler), cuDNN as the trainer's default
+         (no benchmark mode); peak = torch.cuda.max_memory_allocated over the row's steps
+         (weights, optimizer state and activations); a row that runs out of memory is
+         reported as such. On the CPU: batch 2 at 112, 3 steps after 1, unless told, a
+         couple of minutes on 2 cores. Ratios: each row's clips/s over its plain backbone's
+         (tsm, mfnet) measured in the same run. Also the hours one training epoch of the
+         paper's datasets would take at these rates: a compute-only lower bound, without
+         decoding, augmentation or loading.
 
 Each prints a table, the ratios, and a last line with one JSON object of the results.
 """
@@ -31,22 +45,29 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
+from rcca.config import compose_config
 from rcca.data.annotations import VideoRecord
 from rcca.data.build import ClipSampling, build_loader
 from rcca.data.datasets import VideoDataset
 from rcca.data.decoding import read_frames_decord
 from rcca.data.synthetic import write_video
 from rcca.data.transforms import build_train_transform
+from rcca.engine.optim import build_optimizer
+from rcca.engine.trainer import AMP_DTYPES, autocast_dtype
 from rcca.models.attention import RCCA3D
+from rcca.models.build import build_model, to_channels_last
 from rcca.models.nonlocal_block import NonLocal3D
 
 MIB = 2**20
+GIB = 2**30
+REPO = Path(__file__).resolve().parents[1]
 
 # Feature maps of TSM-ResNet-50 at the paper's insertion sites: name -> (C, H = W).
 SITES = {"conv3_3": (512, 28), "conv4_5": (1024, 14)}
@@ -58,6 +79,18 @@ MODULES: dict[str, Callable[[int], nn.Module]] = {
 # Clip kinds of the data benchmark: name -> (sampling, frames per clip, dense step).
 CLIPS = {"tsm 8x1 segment": ("segment", 8, 1), "mfnet 16x2 dense": ("dense", 16, 2)}
 BACKENDS = ("decord", "pyav")
+# Rows of the paper's Table VI (rcca/configs/model/<row>.yaml); the plain rows are the backbones' names.
+TABLE_VI = ("tsm", "tsm_nl", "tsm_rcca", "tsm_nl_x5", "tsm_rcca_x5", "mfnet", "mfnet_nl_x5", "mfnet_rcca_x5")
+CLASSES = 400  # the paper's Kinetics-400 classifier, as in its parameter counts
+# Training defaults per device: the paper's batch and crop on a GPU; on the CPU, small enough for a
+# couple of minutes on 2 cores.
+TRAINING_DEFAULTS = {
+    "cuda": {"batch": 16, "size": 224, "steps": 10, "warmup": 3},
+    "cpu": {"batch": 2, "size": 112, "steps": 3, "warmup": 1},
+}
+# Training videos in one epoch of the paper's datasets; Mini-Kinetics-200 is counted from its list when present.
+TRAIN_VIDEOS = {"UCF101 split 1": 9537, "HMDB51 split 1": 3570, "Mini-Kinetics-200": 80_000, "Kinetics-400": 246_000}
+MINI_KINETICS_TRAIN_LIST = REPO / "tests" / "fixtures" / "mini_kinetics200" / "train_ytid_list.txt"
 
 
 # ---------------------------------------------------------------------------- modules
@@ -72,6 +105,14 @@ class ModuleResult:
     input_shape: list[int]
     time_ms: float
     peak_mib: float
+
+
+class Step(Protocol):
+    """A timed step: `clear` frees what the previous call left (its gradients), a call runs one step."""
+
+    def clear(self) -> None: ...
+
+    def __call__(self) -> None: ...
 
 
 @dataclass
@@ -96,7 +137,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def median_time(step: TrainingPass, device: torch.device, warmup: int, repeats: int) -> float:
+def median_time(step: Step, device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of `step` in seconds, after `warmup` untimed calls."""
     for _ in range(warmup):
         step.clear()
@@ -237,26 +278,212 @@ def benchmark_data(args: argparse.Namespace) -> dict:
     return {"cpus": torch.get_num_threads(), "clips_per_s": rates, "decord_over_pyav": ratios}
 
 
+# ---------------------------------------------------------------------------- training
+
+
+@dataclass
+class OptimizerStep:
+    """Forward of `model` on `clips` under autocast to `dtype` (None: float32), cross-entropy against
+    `labels`, backward (scaled by `scaler`, which is only enabled for float16) and one `optimizer` update."""
+
+    model: nn.Module
+    clips: torch.Tensor
+    labels: torch.Tensor
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+
+    def clear(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def __call__(self) -> None:
+        with torch.autocast(self.clips.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+            loss = nn.functional.cross_entropy(self.model(self.clips).float(), self.labels)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+
+@dataclass
+class TrainingSettings:
+    """How the training benchmark runs every row."""
+
+    amp: str  # autocast dtype: off, bf16 or fp16
+    batch: int  # clips per step
+    size: int  # input height and width
+    steps: int  # timed steps
+    warmup: int  # untimed steps before them
+    channels_last: bool  # channels-last weights (`to_channels_last`)
+
+
+@dataclass
+class TrainingResult:
+    """One row of the training table; the timings and memory are None where the row ran out of GPU memory."""
+
+    row: str
+    backbone: str
+    frames: int
+    params_m: float
+    clips_per_s: float | None
+    ms_per_step: float | None
+    peak_gib: float | None
+    vs_plain: float | None = None  # clips/s over the plain backbone's row of the same run
+
+
+def measure_training(row: str, device: torch.device, settings: TrainingSettings) -> TrainingResult:
+    """Build the Table VI `row` with a `CLASSES`-way classifier and time its training steps."""
+    cfg = compose_config(["experiment=none", f"model={row}", "dataset=kinetics400", "dataset.root=unused"])
+    frames = cfg.backbone.num_frames
+    torch.manual_seed(0)
+    model = build_model(cfg.backbone, cfg.module, CLASSES).to(device).train()
+    if settings.channels_last:
+        to_channels_last(model)
+    params_m = sum(p.numel() for p in model.parameters()) / 1e6
+    dtype = autocast_dtype(settings.amp)
+    batch, size = settings.batch, settings.size
+    step = OptimizerStep(
+        model,
+        torch.randn(batch, 3, frames, size, size, device=device),
+        torch.randint(0, CLASSES, (batch,), device=device),
+        build_optimizer(model, cfg.optimizer),
+        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
+        dtype,
+    )
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    try:
+        seconds = median_time(step, device, settings.warmup, settings.steps)
+    except torch.cuda.OutOfMemoryError:
+        return TrainingResult(row, cfg.backbone.name, frames, params_m, None, None, None)
+    peak = torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+    return TrainingResult(row, cfg.backbone.name, frames, params_m, batch / seconds, seconds * 1e3, peak)
+
+
+def train_videos(mini_kinetics_list: Path) -> tuple[dict[str, int], str]:
+    """`TRAIN_VIDEOS`, with Mini-Kinetics-200's count read from its training id list if that exists,
+    and a sentence saying where that count came from."""
+    videos = dict(TRAIN_VIDEOS)
+    if mini_kinetics_list.is_file():
+        videos["Mini-Kinetics-200"] = sum(1 for line in mini_kinetics_list.read_text().splitlines() if line.strip())
+        return videos, f"Mini-Kinetics-200: {videos['Mini-Kinetics-200']} ids counted in {mini_kinetics_list}"
+    return videos, (
+        f"Mini-Kinetics-200: {mini_kinetics_list.relative_to(REPO)} is not in the repository, "
+        f"{videos['Mini-Kinetics-200']} assumed (its published ~80k)"
+    )
+
+
+def table_rows(text: str) -> list[str]:
+    """Parse --rows: comma-separated names of `TABLE_VI` rows."""
+    rows = [row.strip() for row in text.split(",") if row.strip()]
+    unknown = [row for row in rows if row not in TABLE_VI]
+    if unknown or not rows:
+        raise argparse.ArgumentTypeError(f"{', '.join(unknown) or text!r}: choose from {', '.join(TABLE_VI)}")
+    return rows
+
+
+def optional(value: float | None, spec: str, width: int) -> str:
+    """`value` formatted by `spec`, or "-" when there is none, right-aligned in `width` characters."""
+    return f"{'-' if value is None else format(value, spec):>{width}}"
+
+
+def benchmark_training(args: argparse.Namespace) -> dict:
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    given = {name: getattr(args, name) for name in TRAINING_DEFAULTS[device.type]}
+    chosen = {name: TRAINING_DEFAULTS[device.type][name] if value is None else value for name, value in given.items()}
+    settings = TrainingSettings(args.amp, channels_last=args.channels_last, **chosen)
+    batch, size = settings.batch, settings.size
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    print(
+        f"device: {device} ({where}); torch {torch.__version__}; amp {settings.amp}"
+        f"{', channels-last' if settings.channels_last else ''}; batch {batch} at {size}x{size}; "
+        f"median of {settings.steps} step(s) after {settings.warmup} warm-up"
+    )
+    defaulted = [f"{name} {chosen[name]}" for name, value in given.items() if value is None]
+    if device.type == "cpu" and defaulted:
+        print(
+            f"on the CPU: defaults {', '.join(defaulted)} (GPU: {TRAINING_DEFAULTS['cuda']}), small enough to finish "
+            "in a couple of minutes on 2 cores; CPU rates say little about GPU training"
+        )
+    print(f"{'row':<14} {'frames':>6} {'params M':>9} {'clips/s':>9} {'ms/step':>9} {'peak GiB':>9} {'vs plain':>9}")
+    results: list[TrainingResult] = []
+    for row in args.rows:
+        result = measure_training(row, device, settings)
+        results.append(result)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the row's model and optimizer state are gone: start the next one afresh
+        plain = next((r for r in results if r.row == result.backbone), None)
+        if plain is not None and plain.clips_per_s and result.clips_per_s:
+            result.vs_plain = result.clips_per_s / plain.clips_per_s
+        print(
+            f"{row:<14} {result.frames:>6} {result.params_m:>9.2f} {optional(result.clips_per_s, '.2f', 9)} "
+            f"{optional(result.ms_per_step, '.1f', 9)} {optional(result.peak_gib, '.2f', 9)} "
+            f"{optional(result.vs_plain, '.2f', 9)}{'  out of GPU memory' if result.clips_per_s is None else ''}",
+            flush=True,
+        )
+    if any(r.vs_plain is None and r.clips_per_s for r in results):
+        print("vs plain: '-' where the row's plain backbone (tsm, mfnet) was not measured before it in this run")
+
+    videos, mini_kinetics_note = train_videos(MINI_KINETICS_TRAIN_LIST)
+    unit = "GPU" if device.type == "cuda" else "CPU"
+    print(
+        f"{unit} hours per training epoch at these rates (batch {batch}, {size}x{size}): a compute-only lower "
+        "bound, no video decoding, augmentation or loading. Training videos: "
+        + ", ".join(f"{name} {count}" for name, count in videos.items())
+    )
+    print(mini_kinetics_note)
+    print(f"{'row':<14} " + " ".join(f"{name:>18}" for name in videos))
+    hours = {}
+    for result in results:
+        rate = result.clips_per_s
+        hours[result.row] = {name: count / rate / 3600 if rate else None for name, count in videos.items()}
+        print(f"{result.row:<14} " + " ".join(optional(h, ".2f", 18) for h in hours[result.row].values()))
+    return {
+        "device": where,
+        "torch": torch.__version__,
+        **asdict(settings),
+        "results": [asdict(r) for r in results],
+        "train_videos": videos,
+        "epoch_hours": {"unit": f"{unit} hours", "lower_bound": "compute only, no data loading", "rows": hours},
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    modules = commands.add_parser("modules", help="RCCA-3D vs non-local: time and memory")
+    runs_models = argparse.ArgumentParser(add_help=False)
+    runs_models.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    runs_models.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
+    modules = commands.add_parser("modules", parents=[runs_models], help="RCCA-3D vs non-local: time and memory")
     modules.add_argument("--batch", type=int, default=1, help="clips per pass (default 1)")
     modules.add_argument("--frames", type=int, default=8, help="T of the feature maps (default 8)")
     modules.add_argument("--repeats", type=int, default=5)
     modules.add_argument("--warmup", type=int, default=1)
-    modules.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    modules.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
     data = commands.add_parser("data", help="decord vs PyAV: loader throughput")
     data.add_argument("--videos", type=int, default=20)
     data.add_argument("--video-frames", type=int, default=90)
     data.add_argument("--batch", type=int, default=4)
     data.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after one warm-up epoch)")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    training = commands.add_parser("training", parents=[runs_models], help="Table VI models: training clips/s")
+    training.add_argument(
+        "--rows",
+        type=table_rows,
+        default=list(TABLE_VI),
+        help=f"comma-separated Table VI rows (default {','.join(TABLE_VI)})",
+    )
+    training.add_argument("--batch", type=int, help="clips per step (default 16 on a GPU, 2 on the CPU)")
+    training.add_argument("--size", type=int, help="input height and width (default 224 on a GPU, 112 on the CPU)")
+    training.add_argument("--amp", choices=list(AMP_DTYPES), default="off", help="autocast dtype (default off)")
+    training.add_argument("--steps", type=int, help="timed steps (default 10 on a GPU, 3 on the CPU)")
+    training.add_argument("--warmup", type=int, help="untimed steps first (default 3 on a GPU, 1 on the CPU)")
+    training.add_argument(
+        "--channels-last", action="store_true", help="channels-last weights, as trainer.channels_last"
+    )
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
     print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} (other processes slow CPU timings down)")
-    summary = benchmark_modules(args) if args.command == "modules" else benchmark_data(args)
+    summary = {"modules": benchmark_modules, "data": benchmark_data, "training": benchmark_training}[args.command](args)
     summary["load_average"] = [load_before, os.getloadavg()[0]]
     print(f"load average at the end: {summary['load_average'][1]:.2f}")
     print(json.dumps(summary))

@@ -41,6 +41,8 @@ LAUNCHER = re.compile(r"^(\w+=\S*\s+)*(srun\s+)?(python3?|torchrun)\s")  # how a
 SEPARATORS = {"&&", "||", ";", "|"}  # shell operators between commands of one line
 MULTIRUN_FLAGS = {"-m", "--multirun"}
 ELLIPSIS = "..."  # a value (or argument) the reader fills in
+ASSIGNMENT = re.compile(r"([A-Z_][A-Z0-9_]*)=([\"'])(.*)\2")  # UCF="dataset=ucf101 ...": a shell variable
+VARIABLE = re.compile(r"\$([A-Z_][A-Z0-9_]*)")  # its use: $UCF
 
 
 # --------------------------------------------------------------------------- reading the README
@@ -70,12 +72,13 @@ def blank_fences(text: str) -> str:
 
 
 def shell_lines(text: str) -> Iterator[tuple[int, str]]:
-    """(line number, logical line) of every ```bash block: `\\` continuations joined, comment lines dropped."""
+    """(line number, logical line) of every ```bash block: `\\` continuations joined, comment lines dropped,
+    the block's shell variables (`UCF="dataset=ucf101 ..."`, then `$UCF`) expanded."""
     for match in FENCE.finditer(text):
         if match.group(1) not in ("bash", "sh", "shell"):
             continue
         first = text.count("\n", 0, match.start(2)) + 1
-        start, parts = None, []
+        start, parts, variables = None, [], {}
         for number, line in enumerate(match.group(2).splitlines(), start=first):
             start = number if start is None else start
             line = line.rstrip()
@@ -83,10 +86,20 @@ def shell_lines(text: str) -> Iterator[tuple[int, str]]:
                 parts.append(line[:-1])
                 continue
             parts.append(line)
-            yield start, " ".join(parts)
+            logical = expand(" ".join(parts), variables)
+            assignment = ASSIGNMENT.fullmatch(logical)
+            if assignment:
+                variables[assignment.group(1)] = assignment.group(3)
+            else:
+                yield start, logical
             start, parts = None, []
         if parts:
             yield start, " ".join(parts)
+
+
+def expand(line: str, variables: dict[str, str]) -> str:
+    """`line` with the shell variables it uses (`$UCF`) replaced by their values (unknown ones kept)."""
+    return VARIABLE.sub(lambda use: variables.get(use.group(1), use.group(0)), line)
 
 
 def inline_lines(text: str) -> Iterator[tuple[int, str]]:
@@ -281,6 +294,7 @@ ROW_MODELS = {
     ],
     "+ non-local at conv4_5": [["backbone=tsm_r50", "module=nl", "module.positions=[conv4_5]"]],
     "+ 5 non-local (subsampled)": [["backbone=tsm_r50", "module=nl", FIVE, "module.subsample=true"]],
+    "+ 5 RCCA-3D (C_d = 1/2)": [["backbone=tsm_r50", "module=rcca", FIVE, "module.inner_fraction=0.5"]],
     "MF-Net": [["backbone=mfnet", "module=none"]],
     "MF-Net + 5 non-local / + 5 RCCA-3D": [
         ["backbone=mfnet", "module=nl", FIVE, "module.subsample=true"],

@@ -6,6 +6,7 @@ import logging
 import os
 import re
 import signal
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -154,9 +155,19 @@ def test_mixed_precision_update_matches_float32(device, amp, tolerance):
     assert _relative_difference(reference, unclipped, start) > 0.5  # the clip above was active
 
 
+@pytest.fixture
+def full_float32() -> Iterator[None]:
+    """Full float32 on CUDA: PyTorch's CUDA convolutions default to TF32 (10-bit mantissa), whose rounding
+    (~1e-3) differs between two layouts' kernels and would hide a layout error of that size."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("backbone", ["tsm", "mfnet"])
-def test_channels_last_keeps_outputs_and_gradients(device, backbone):
+def test_channels_last_keeps_outputs_and_gradients(device, backbone, full_float32):
     frames = 8 if backbone == "tsm" else 16
     cfg = BackboneConfig(name=backbone, depth=18, width=16, num_frames=frames, dropout=0.0)
     torch.manual_seed(0)

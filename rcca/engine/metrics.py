@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from rcca.engine.files import write_atomically
+from rcca.errors import UserError
 
 
 def topk_correct(scores: Tensor, labels: Tensor, k: int) -> Tensor:
@@ -173,6 +174,27 @@ def write_metrics(path: Path, metrics: dict) -> None:
         metrics: nested dicts and lists of JSON values.
     """
     write_atomically(path, json.dumps(_finite_or_none(metrics), indent=2).encode())
+
+
+def read_metrics(path: Path) -> dict:
+    """Read a metrics.json (non-finite numbers come back as None).
+
+    Args:
+        path: the file.
+
+    Returns:
+        Its JSON object.
+
+    Raises:
+        UserError: one line naming the file, when it cannot be read or is not a JSON object (half-written, edited).
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"{path}: not a readable metrics.json ({error})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: not a metrics.json (a JSON {type(data).__name__}, not an object)")
+    return data
 
 
 def _finite_or_none(value: object) -> object:
