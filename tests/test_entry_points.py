@@ -149,12 +149,15 @@ def test_a_failed_run_never_removes_a_folder_another_run_holds(tmp_path):
     shared = _hydra_folder(tmp_path / "shared")
     hold = (
         "import sys, time; from pathlib import Path; from rcca.engine.files import RunFolderLock; "
-        "RunFolderLock(Path(sys.argv[1]), fresh=True, overwrite=False).acquire(); print('held', flush=True); "
+        "lock = RunFolderLock(Path(sys.argv[1]), fresh=True, overwrite=False); lock.acquire(); "
+        "print('held', flush=True); "
         "time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", hold, str(shared)], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(UserError):  # the other run really holds the folder
+            RunFolderLock(shared, fresh=False, overwrite=False).acquire()
         assert not discard_unused_run_folder(shared)
         assert (shared / ".hydra" / "config.yaml").is_file() and (shared / LOCK_NAME).is_file()
     finally:

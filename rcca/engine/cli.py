@@ -26,6 +26,7 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 
 from rcca.engine.distributed import is_distributed
+from rcca.engine.files import TEST_FOLDER
 from rcca.engine.requeue import requeue_stopped_job
 from rcca.engine.runtime import discard_unused_run_folder
 from rcca.engine.trainer import TrainingStopped
@@ -36,7 +37,6 @@ log = logging.getLogger("rcca")
 TRACEBACK_VARIABLE = "RCCA_TRACEBACK"  # set to 1: user errors print their traceback too
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report Ctrl-C
-TEST_FOLDER = "test"  # test.py's results: <checkpoint's folder>/test/<checkpoint>-<time>-<pid>/
 _made_here: set[Path] = set()  # run folders this process named itself (test.py's), not the user's
 
 

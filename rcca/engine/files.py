@@ -22,8 +22,11 @@ from pathlib import Path
 from rcca.errors import UserError
 
 LOCK_NAME = ".rcca.lock"
-CHECKPOINT_NAMES = ("last.pt", "best.pt")
-RESULT_NAMES = (*CHECKPOINT_NAMES, "metrics.json")  # what `overwrite` replaces
+LAST_CHECKPOINT = "last.pt"  # the state of the last complete update: what a resume reads
+CHECKPOINT_NAMES = (LAST_CHECKPOINT, "best.pt")
+METRICS_NAME = "metrics.json"  # written when a run has finished
+RESULT_NAMES = (*CHECKPOINT_NAMES, METRICS_NAME)  # what `overwrite` replaces
+TEST_FOLDER = "test"  # test.py's results: <checkpoint's folder>/test/<checkpoint>-<time>-<pid>/
 # Errors that full disks and quotas raise while writing.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 

@@ -26,8 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from rcca.engine.checkpoints import RunCheckpoint, read_checkpoint
-from rcca.engine.cli import TEST_FOLDER
-from rcca.engine.files import LOCK_NAME
+from rcca.engine.files import LAST_CHECKPOINT, LOCK_NAME, METRICS_NAME, TEST_FOLDER
 from rcca.engine.metrics import read_metrics
 from rcca.errors import UserError
 from rcca.progress import count_of
@@ -37,8 +36,6 @@ FINISHED, RUNNING, STOPPED, FAILED = "finished", "running", "stopped", "failed"
 STATES = (FINISHED, RUNNING, STOPPED, FAILED)
 HYDRA_FOLDER = ".hydra"
 NOT_SEARCHED = frozenset({HYDRA_FOLDER, ".submitit"})  # Hydra's and submitit's records: never jobs
-METRICS_NAME = "metrics.json"
-LAST_CHECKPOINT = "last.pt"
 TRAIN_LOG = "train.log"
 VIEW_KEYS = ("test.num_clips", "test.num_crops")  # what a test.py evaluation changes in its job's settings
 NO_EXPERIMENT = "(no preset)"  # the experiment of a job whose hydra.yaml records none
@@ -277,7 +274,8 @@ def lock_held(folder: Path) -> bool:
         False too when the folder has no lock file.
 
     Raises:
-        UserError: the lock file cannot be opened (its permissions).
+        UserError: the lock file cannot be opened (its permissions) or its lock tested (a file system
+            without POSIX locks, e.g. NFS without its lock daemon).
     """
     try:
         descriptor = os.open(folder / LOCK_NAME, os.O_RDONLY)
@@ -290,7 +288,7 @@ def lock_held(folder: Path) -> bool:
     except OSError as error:
         if error.errno in (errno.EACCES, errno.EAGAIN):
             return True
-        raise
+        raise UserError(f"{folder / LOCK_NAME}: cannot tell whether a run holds it ({error.strerror})") from None
     finally:
         os.close(descriptor)
     return False

@@ -384,17 +384,14 @@ def _cell(label: str, paper: float | None, evaluations: list[Evaluation], averag
         values = list(dict.fromkeys(show(evaluation.config.get(key)) for evaluation in evaluations))
         if len(values) > 1:
             varied.append(f"{key}={','.join(values)}")
-    return Cell(
+    return _averaged_cell(
         label,
         paper,
-        _mean(top1),
-        _mean([evaluation.top5 for evaluation in evaluations]),
-        _mean([evaluation.mean_class_accuracy for evaluation in evaluations]),
-        len(top1),
-        min(top1),
-        max(top1),
-        tuple(varied),
-        tuple(evaluation.folder for evaluation in evaluations),
+        top1,
+        [evaluation.top5 for evaluation in evaluations],
+        [evaluation.mean_class_accuracy for evaluation in evaluations],
+        varied,
+        [evaluation.folder for evaluation in evaluations],
     )
 
 
@@ -402,18 +399,46 @@ def _mean_cell(label: str, paper: float | None, parts: list[Cell]) -> Cell:
     """An average column's cell: the mean of `parts` when each has a top-1."""
     if not parts or any(part.top1 is None for part in parts):
         return Cell(label, paper)
-    top1 = [part.top1 for part in parts]
+    return _averaged_cell(
+        label,
+        paper,
+        [part.top1 for part in parts],
+        [part.top5 for part in parts],
+        [part.mean_class_accuracy for part in parts],
+        [part.column for part in parts],
+        [folder for part in parts for folder in part.folders],
+    )
+
+
+def _averaged_cell(
+    label: str,
+    paper: float | None,
+    top1: list[float],
+    top5: list[float | None],
+    mean_class: list[float | None],
+    varied: list[str],
+    folders: list[Path],
+) -> Cell:
+    """A cell holding the mean of `top1` (with its count and range), `top5` and `mean_class`.
+
+    Args:
+        label: the column's label.
+        paper: the paper's top-1 for the cell.
+        top1, top5, mean_class: the averaged evaluations' accuracies (top-1: one per evaluation, none missing).
+        varied: what differs between them (`dataset.split=1,2,3`, or the averaged columns' labels).
+        folders: their folders.
+    """
     return Cell(
         label,
         paper,
         _mean(top1),
-        _mean([part.top5 for part in parts]),
-        _mean([part.mean_class_accuracy for part in parts]),
-        len(parts),
+        _mean(top5),
+        _mean(mean_class),
+        len(top1),
         min(top1),
         max(top1),
-        tuple(part.column for part in parts),
-        tuple(folder for part in parts for folder in part.folders),
+        tuple(varied),
+        tuple(folders),
     )
 
 
