@@ -231,6 +231,7 @@ class DataConfig:
 class ImageNetConfig:
     resnet50: str | None = field(default=None, metadata=path())  # torchvision ResNet-50 ImageNet state dict file: the table presets' TSM start (their backbone.pretrained)
     mfnet: str | None = field(default=None, metadata=path())  # official MF-Net 2D ImageNet-1k file (MFNet2D_ImageNet1k-0000.pth): the table presets' MF-Net start (their init_from)
+    required: bool = False  # refuse to start without the file of the run's backbone (resnet50: TSM, mfnet: MF-Net): the table presets start from ImageNet
 
 
 @dataclass
@@ -387,12 +388,30 @@ def _check_together(cfg: DictConfig) -> None:
         )
     if module.name != "none":
         _check_positions(backbone, module)
+    _check_imagenet(cfg)
     dataset = cfg.dataset
     if dataset.name == "synthetic" and not OmegaConf.is_missing(dataset, "num_classes"):
         if dataset.num_classes != SYNTHETIC_CLASSES:
             raise UserError(
                 f"dataset.num_classes={dataset.num_classes}: the synthetic set has {SYNTHETIC_CLASSES} classes"
             )
+
+
+def _check_imagenet(cfg: DictConfig) -> None:
+    """imagenet.required: the ImageNet file of the run's backbone is set (a table preset would otherwise
+    train from random weights without a word)."""
+    if not cfg.imagenet.required:
+        return
+    key, file = (
+        ("resnet50", "torchvision's ResNet-50 state dict")
+        if cfg.backbone.name == "tsm"
+        else ("mfnet", "MF-Net's MFNet2D_ImageNet1k-0000.pth")
+    )
+    if cfg.imagenet[key] is None:
+        raise UserError(
+            f"imagenet.{key} is not set: this experiment starts the {cfg.backbone.name} backbone from ImageNet "
+            f"weights; set imagenet.{key}=<{file}>, or imagenet.required=false to start from random weights"
+        )
 
 
 def _check_positions(backbone: DictConfig, module: DictConfig) -> None:

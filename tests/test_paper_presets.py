@@ -21,6 +21,7 @@ from test_readme import readme_commands
 
 from rcca.config import CONFIG_DIR, compose_config, register_configs, validate_config
 from rcca.engine.resuming import flatten
+from rcca.errors import UserError
 from rcca.models.build import build_model
 from rcca.models.complexity import count_parameters
 from rcca.results.costs import CostCounter
@@ -220,3 +221,23 @@ def test_every_table_runs_in_smoke_mode_and_is_collected(smoke_results: Path) ->
         assert position == len(rows), f"Table {table['id']}: rows after the paper's: {rows[position:]}"
     markdown = run_entry("scripts/collect.py", str(smoke_results / "table4_recurrence"), "--no-complexity").stdout
     assert "## Table IV" in markdown and "| UCF101 paper |" in markdown and "84.91" in markdown
+
+
+@pytest.mark.parametrize(
+    "overrides, key",
+    [
+        (["experiment=table1_structures"], "imagenet.resnet50"),
+        (["experiment=table9_10_kinetics"], "imagenet.resnet50"),
+        (["experiment=table6_nl_vs_rcca", "model=tsm_nl_x5"], "imagenet.resnet50"),
+        (["experiment=table6_nl_vs_rcca", "model=mfnet_rcca_x5"], "imagenet.mfnet"),
+    ],
+)
+def test_presets_refuse_to_start_without_their_imagenet_file(overrides: list[str], key: str) -> None:
+    """Without the file the preset starts from, the run stops at start with the key to set (it would
+    otherwise train from random weights); fine-tuning and smoke runs need none."""
+    data = ["dataset.root=/data", "dataset.annotations=/data/splits"]
+    with pytest.raises(UserError, match=f"^{key} is not set: .* set {key}=<"):
+        validate_config(compose_config([*overrides, *data]))
+    validate_config(compose_config([*overrides, *data, f"{key}=/w/file.pth"]))
+    validate_config(compose_config([*overrides, "+debug=smoke"]))
+    validate_config(compose_config(["experiment=table9_10_finetune", *data]))

@@ -202,7 +202,7 @@ def check_command(command: Command) -> list[str]:
         return [f"{where}: {type(error).__name__}: {error}"]
     problems = []
     for overrides in runs:
-        error = composition_error(tuple(overrides))
+        error = composition_error(tuple(overrides), validate="--cfg" not in command.args)
         if error:
             shown = f" (run {' '.join(overrides)})" if len(runs) > 1 else ""
             problems.append(f"{where}{shown}: {error}")
@@ -210,10 +210,13 @@ def check_command(command: Command) -> list[str]:
 
 
 @functools.cache
-def composition_error(overrides: tuple[str, ...]) -> str | None:
-    """Why `overrides` do not compose into a valid config (None: they do); cached, as commands repeat."""
+def composition_error(overrides: tuple[str, ...], validate: bool = True) -> str | None:
+    """Why `overrides` do not compose into a valid config (None: they do); cached, as commands repeat.
+    `validate`: False for a command that only prints the config (`--cfg job`), as Hydra does before any check."""
     try:
-        validate_config(compose_config(list(overrides)))
+        cfg = compose_config(list(overrides))
+        if validate:
+            validate_config(cfg)
     except Exception as error:
         return f"{type(error).__name__}: {error}"
     return None
