@@ -28,9 +28,9 @@ from omegaconf.errors import OmegaConfBaseException
 from rcca.engine.checkpoints import RunCheckpoint, read_checkpoint
 from rcca.engine.files import LAST_CHECKPOINT, LOCK_NAME, METRICS_NAME, TEST_FOLDER
 from rcca.engine.metrics import read_metrics
+from rcca.engine.resuming import flatten
 from rcca.errors import UserError
 from rcca.progress import count_of
-from rcca.results.settings import flatten
 
 FINISHED, RUNNING, STOPPED, FAILED = "finished", "running", "stopped", "failed"
 STATES = (FINISHED, RUNNING, STOPPED, FAILED)

@@ -41,25 +41,6 @@ SEED_KEY = "seed"
 SPLIT_KEY = "dataset.split"
 
 
-def flatten(tree: Mapping, prefix: str = "") -> dict[str, Any]:
-    """A nested config as `{dotted key: value}`; lists and empty sections are values.
-
-    Args:
-        tree: a resolved config as plain dicts and lists.
-        prefix: prepended to every key (with its trailing dot).
-
-    Returns:
-        The flat dict, in the config's order.
-    """
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def is_ignored(key: str) -> bool:
     """Whether a dotted key does not change a result (see the module docstring)."""
     return key in IGNORED_KEYS or key.startswith(IGNORED_SECTIONS)
