@@ -5,14 +5,162 @@ T + H + W - 2 positions that share two of its three coordinates: its temporal li
 (same h, w), its vertical line (same t, w) and its horizontal line (same t, h), the
 position itself counted once. Nothing of size THW x THW is ever built: the three
 affinity maps are T, H and W wide, so memory is O(THW (T + H + W)).
+
+How it is computed. The module works channels-last (N x T x H x W x C, the layout of
+`torch.channels_last_3d`): the query, key and value maps come from one matrix product
+of the input with the three stacked 1x1x1 weights, and along every axis the lines are
+a batch of small matrices of that layout, so each affinity or aggregation over one axis
+is one batched matrix product (`line_affinities`, `line_aggregate`). The backward pass
+is written out (`CrissCrossFunction`): it saves the q, k, v map and the attention
+weights only, and issues the same few batched products, so no gradient arrives in a
+layout that the matrix kernels would have to copy one small matrix at a time. With
+`memory_efficient=True` an RCCA-3D keeps only the input of each recurrence and
+recomputes the rest during the backward pass.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 STRUCTURES = ("a", "b", "c", "d")
+
+
+def _lines(x: Tensor, axis: int) -> Tensor:
+    """The lines of `x` along `axis` as a batch of matrices: N x T x H x W x C -> B x L x C.
+
+    L is the size of `axis`; B runs over the other three axes in their order. A view of `x`
+    where the strides allow it (W always, T for one clip), else a copy.
+    """
+    moved = x.movedim(axis, -2)
+    return moved.reshape(-1, moved.shape[-2], moved.shape[-1])
+
+
+def _unlines(y: Tensor, like: tuple[int, ...], axis: int) -> Tensor:
+    """Inverse of `_lines` for a result B x L x K: -> N x T x H x W x K (a view of `y`)."""
+    moved = [like[i] for i in range(4) if i != axis] + [like[axis]]
+    return y.view(*moved, y.shape[-1]).movedim(-2, axis)
+
+
+def line_columns(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
+    """(axis, first column, size) of the T, H and W line blocks of an energy map over an N x T x H x W grid."""
+    t, h, w = shape[1:4]
+    return [(1, 0, t), (2, t, h), (3, t + h, w)]
+
+
+def line_affinities(a: Tensor, b: Tensor) -> Tensor:
+    """Dot products of every position of `a` with the positions of `b` on its three lines.
+
+    a, b: N x T x H x W x C -> N x T x H x W x (T + H + W), at least float32, the columns ordered
+    [t' = 0..T-1 | h' = 0..H-1 | w' = 0..W-1]: out[n,t,h,w,t'] = <a[n,t,h,w], b[n,t',h,w]>,
+    out[n,t,h,w,T+h'] = <a[n,t,h,w], b[n,t,h',w]>, out[n,t,h,w,T+H+w'] = <a[n,t,h,w], b[n,t,h,w']>.
+    """
+    shape = tuple(a.shape[:4])
+    out = a.new_empty(*shape, sum(shape[1:]), dtype=torch.promote_types(a.dtype, torch.float32))
+    for axis, start, size in line_columns(shape):
+        products = torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2))  # B x L x L'
+        out[..., start : start + size].copy_(_unlines(products, shape, axis))
+    return out
+
+
+def line_aggregate(weights: Tensor, values: Tensor, out: Tensor | None = None, transpose: bool = False) -> Tensor:
+    """Weighted sums of `values` along the three lines of every position.
+
+    weights: N x T x H x W x (T + H + W), columns as in `line_affinities`; values: N x T x H x W x K.
+    Returns N x T x H x W x K, written into `out` (any strides) when given. Eq. (3) of the paper:
+        out[n,t,h,w] = sum_t' weights[n,t,h,w,t'] values[n,t',h,w]
+                     + sum_h' weights[n,t,h,w,T+h'] values[n,t,h',w] + sum_w' weights[n,t,h,w,T+H+w'] values[n,t,h,w'].
+    With `transpose`, each line's weight matrix is transposed (the adjoint map, used by the
+    backward pass): out[n,t',h,w] gets weights[n,t,h,w,t'] values[n,t,h,w], and so on.
+    """
+    shape = tuple(values.shape[:4])
+    weights = weights.to(values.dtype)
+    for axis, start, size in reversed(line_columns(shape)):  # W first: its sums come out in place
+        line_weights = _lines(weights[..., start : start + size], axis)  # B x L x L'
+        if transpose:
+            line_weights = line_weights.transpose(1, 2)
+        summed = _unlines(torch.bmm(line_weights, _lines(values, axis)), shape, axis)
+        if axis != 3:
+            out.add_(summed)
+        elif out is None:
+            out = summed
+        else:
+            out.copy_(summed)
+    return out
+
+
+def mask_self_positions(energy: Tensor, t: int, h: int) -> Tensor:
+    """Set to -inf, in place, the query's own position on its temporal and vertical lines.
+
+    The position lies on all three lines; it is kept on the horizontal one only, so the
+    softmax runs over T + H + W - 2 distinct positions.
+    """
+    energy[..., :t].diagonal(dim1=1, dim2=4).fill_(float("-inf"))
+    energy[..., t : t + h].diagonal(dim1=2, dim2=4).fill_(float("-inf"))
+    return energy
+
+
+def criss_cross_attention(qkv: Tensor, inner_channels: int) -> tuple[Tensor, Tensor]:
+    """CCA-3D on a channels-last q, k, v map (Eq. 1-3): the aggregated map and the attention.
+
+    qkv: N x T x H x W x (2 C' + C_v), the query, key and value channels in that order.
+    Returns out (N x T x H x W x C_v, dtype of qkv) and the attention weights
+    (N x T x H x W x (T + H + W), at least float32, zero at the two masked self-positions). The
+    softmax is taken in float32 whatever the dtype of qkv.
+    """
+    q, k, v = qkv.split((inner_channels, inner_channels, qkv.shape[-1] - 2 * inner_channels), dim=-1)
+    _, t, h, _, _ = qkv.shape
+    energy = mask_self_positions(line_affinities(q, k), t, h)
+    attention = torch.softmax(energy, dim=-1)  # one joint softmax over the T + H + W candidates (Eq. 2)
+    out = line_aggregate(attention, v)
+    return out, attention
+
+
+class CrissCrossFunction(torch.autograd.Function):
+    """gamma x CCA-3D(q, k, v) with a written-out backward pass that saves only qkv and the attention.
+
+    Forward: out = gamma * sum_j A_j v_j over the line positions j of each query (Eq. 3),
+    with A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
+    D_j = <G, v_j> and s = sum_j A_j D_j per query:
+        dgamma = sum over queries of s,
+        dv_j = gamma sum over queries i of A_ij G_i (the adjoint aggregation),
+        dE_j = gamma A_j (D_j - s) (softmax backward),
+        dq = sum_j dE_j k_j, dk_j = sum over queries i of dE_ij q_i.
+    Every one of these is one `line_affinities` or `line_aggregate` call. gamma is folded
+    in so that the aggregated map itself need not be saved for gamma's gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, qkv: Tensor, gamma: Tensor, inner_channels: int) -> Tensor:
+        with torch.autocast(qkv.device.type, enabled=False):
+            out, attention = criss_cross_attention(qkv, inner_channels)
+            out.mul_(gamma.to(out.dtype))
+        ctx.save_for_backward(qkv, attention, gamma)
+        ctx.inner_channels = inner_channels
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        qkv, attention, gamma = ctx.saved_tensors
+        c = ctx.inner_channels
+        with torch.autocast(qkv.device.type, enabled=False):
+            grad = grad.to(qkv.dtype).contiguous()
+            q, k, v = qkv.split((c, c, qkv.shape[-1] - 2 * c), dim=-1)
+            grad_qkv = torch.empty_like(qkv)
+            grad_q, grad_k, grad_v = grad_qkv.split((c, c, v.shape[-1]), dim=-1)
+            weighted = attention * line_affinities(grad, v)  # A_j D_j
+            total = weighted.sum(dim=-1, keepdim=True)  # s
+            grad_gamma = total.sum().to(gamma.dtype) if ctx.needs_input_grad[1] else None
+            # dE = gamma (A D - A s), computed in place in `weighted`.
+            grad_energy = weighted.sub_(attention * total).mul_(gamma.to(weighted.dtype))
+            line_aggregate(attention, grad, grad_v, transpose=True).mul_(gamma.to(grad.dtype))
+            line_aggregate(grad_energy, k, grad_q)
+            line_aggregate(grad_energy, q, grad_k, transpose=True)
+        return grad_qkv, grad_gamma, None
 
 
 class CrissCrossAttention3D(nn.Module):
@@ -24,8 +172,11 @@ class CrissCrossAttention3D(nn.Module):
         value_channels: channels of the value map (default C). Structure c reduces it and
             restores C with a separate 1x1x1 conv (see `RCCA3D`).
 
-    Shapes: input N x C x T x H x W, output N x value_channels x T x H x W.
+    Shapes: `forward`: input N x C x T x H x W, output N x value_channels x T x H x W.
+    `forward_channels_last`: input N x T x H x W x C, output N x T x H x W x value_channels.
     """
+
+    applies_children = ("query", "key", "value")  # their weights are applied as one stacked product
 
     def __init__(self, channels: int, inner_channels: int, value_channels: int | None = None) -> None:
         super().__init__()
@@ -34,45 +185,35 @@ class CrissCrossAttention3D(nn.Module):
         self.key = nn.Conv3d(channels, inner_channels, kernel_size=1)
         self.value = nn.Conv3d(channels, value_channels, kernel_size=1)
 
+    def stacked_projection(self) -> tuple[Tensor, Tensor]:
+        """The q, k, v 1x1x1 convolutions as one (2 C' + C_v) x C weight and its bias."""
+        convs = (self.query, self.key, self.value)
+        weight = torch.cat([conv.weight.flatten(1) for conv in convs])
+        bias = torch.cat([conv.bias for conv in convs])
+        return weight, bias
+
+    def forward_channels_last(
+        self, y: Tensor, gamma: Tensor, projection: tuple[Tensor, Tensor] | None = None
+    ) -> Tensor:
+        """gamma x F(y) on an N x T x H x W x C map (`projection`: `stacked_projection()`, if already made)."""
+        qkv = F.linear(y, *(projection or self.stacked_projection()))
+        inner = self.query.out_channels
+        if torch.is_grad_enabled() and (qkv.requires_grad or gamma.requires_grad):
+            return CrissCrossFunction.apply(qkv, gamma, inner)
+        out, _ = criss_cross_attention(qkv, inner)  # inference: the same products, nothing saved
+        return out * gamma.to(out.dtype)
+
     def forward(self, x: Tensor) -> Tensor:
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        n, _, t, h, w = x.shape
-        # Put the line's axis last-but-one so each affinity is one batched matmul:
-        # (..., L, C) @ (..., C, L) -> (..., L, L) over the L positions of a line. Contiguous
-        # copies let the CPU kernels batch the many small matrices (~10% faster on 2 cores).
-        q_t, k_t, v_t = (y.permute(0, 3, 4, 2, 1).contiguous() for y in (q, k, v))  # N x H x W x T x C
-        q_h, k_h, v_h = (y.permute(0, 2, 4, 3, 1).contiguous() for y in (q, k, v))  # N x T x W x H x C
-        q_w, k_w, v_w = (y.permute(0, 2, 3, 4, 1).contiguous() for y in (q, k, v))  # N x T x H x W x C
-
-        energy_t = torch.matmul(q_t, k_t.transpose(-1, -2))  # N x H x W x T x T'
-        energy_h = torch.matmul(q_h, k_h.transpose(-1, -2))  # N x T x W x H x H'
-        energy_w = torch.matmul(q_w, k_w.transpose(-1, -2))  # N x T x H x W x W'
-        # The position itself lies on all three lines: keep it on the horizontal one only.
-        energy_t = energy_t.masked_fill(_diagonal_mask(t, x.device), float("-inf"))
-        energy_h = energy_h.masked_fill(_diagonal_mask(h, x.device), float("-inf"))
-
-        # One joint softmax over the T + H + W candidates of every position (Eq. 2).
-        energy = torch.cat(
-            [
-                energy_t.permute(0, 3, 1, 2, 4),  # N x T x H x W x T'
-                energy_h.permute(0, 1, 3, 2, 4),  # N x T x H x W x H'
-                energy_w,  # N x T x H x W x W'
-            ],
-            dim=-1,
-        )
-        attention = torch.softmax(energy, dim=-1)
-        att_t, att_h, att_w = attention.split((t, h, w), dim=-1)
-
-        # Aggregation (Eq. 3): weighted sum of V along each line, back to N x T x H x W x C.
-        out_t = torch.matmul(att_t.permute(0, 2, 3, 1, 4).contiguous(), v_t).permute(0, 3, 1, 2, 4)
-        out_h = torch.matmul(att_h.permute(0, 1, 3, 2, 4).contiguous(), v_h).permute(0, 1, 3, 2, 4)
-        out_w = torch.matmul(att_w.contiguous(), v_w)
-        return (out_t + out_h + out_w).permute(0, 4, 1, 2, 3).contiguous()
+        out = self.forward_channels_last(x.movedim(1, -1), x.new_ones(()))
+        return from_channels_last(out, x)
 
 
-def _diagonal_mask(size: int, device: torch.device) -> Tensor:
-    """Boolean size x size identity matrix: True where a line position is the query itself."""
-    return torch.eye(size, dtype=torch.bool, device=device)
+def from_channels_last(y: Tensor, like: Tensor) -> Tensor:
+    """N x T x H x W x C -> N x C x T x H x W, in the memory format of `like` (a view when channels-last)."""
+    y = y.movedim(-1, 1)
+    if like.is_contiguous(memory_format=torch.channels_last_3d) and not like.is_contiguous():
+        return y.contiguous(memory_format=torch.channels_last_3d)
+    return y.contiguous()
 
 
 class RCCA3D(nn.Module):
@@ -92,8 +233,11 @@ class RCCA3D(nn.Module):
         gamma_init: initial value of gamma (Table II: 1 is best).
         value_fraction: structure c only: reduced V width as a fraction of C. 0.5 makes
             the module's parameter count equal to structures a/b/d (Table I: 24.69M for all).
+        memory_efficient: during training, keep only the input of each recurrence and
+            recompute the rest in the backward pass (about a third of the saved memory for
+            one more forward pass of the module). Outputs and gradients are unchanged.
 
-    Shapes: input and output N x C x T x H x W.
+    Shapes: input and output N x C x T x H x W (either memory format; the output keeps the input's).
     """
 
     def __init__(
@@ -104,6 +248,7 @@ class RCCA3D(nn.Module):
         inner_fraction: float = 0.25,
         gamma_init: float = 1.0,
         value_fraction: float = 0.5,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         if structure not in STRUCTURES:
@@ -114,22 +259,41 @@ class RCCA3D(nn.Module):
         value = max(1, round(channels * value_fraction)) if structure == "c" else channels
         self.structure = structure
         self.recurrence = recurrence
+        self.memory_efficient = memory_efficient
         self.cca = CrissCrossAttention3D(channels, inner, value)
         self.restore = nn.Conv3d(value, channels, kernel_size=1) if structure == "c" else None
         self.gamma = nn.Parameter(torch.tensor(float(gamma_init)))
 
-    def context(self, y: Tensor) -> Tensor:
-        """F(y), with the channel restoration of structure c. N x C x T x H x W -> same."""
-        out = self.cca(y)
-        return self.restore(out) if self.restore is not None else out
+    @property
+    def applies_children(self) -> tuple[str, ...]:
+        """Submodules whose weights `forward` applies itself: the CCA-3D's and structure c's restoring conv."""
+        restore = ("restore",) if self.restore is not None else ()
+        return ("cca", *(f"cca.{name}" for name in self.cca.applies_children), *restore)
+
+    def scaled_context(self, y: Tensor, projection: tuple[Tensor, Tensor]) -> Tensor:
+        """gamma F(y) on a channels-last map, with the channel restoration of structure c."""
+        if self.restore is None:
+            return self.cca.forward_channels_last(y, self.gamma, projection)
+        out = self.cca.forward_channels_last(y, y.new_ones(()), projection)
+        return self.gamma * F.linear(out, self.restore.weight.flatten(1), self.restore.bias)
+
+    def step(self, y: Tensor, x: Tensor, projection: tuple[Tensor, Tensor]) -> Tensor:
+        """One recurrence, Y_{r-1} -> Y_r (before structure d's final residual)."""
+        context = self.scaled_context(y, projection)
+        if self.structure == "d":
+            return context
+        return context + (y if self.structure == "b" else x)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = x
+        x_last = x.movedim(1, -1)  # N x T x H x W x C; a view for a channels-last input
+        projection = self.cca.stacked_projection()
+        recompute = self.memory_efficient and torch.is_grad_enabled()
+        y = x_last
         for _ in range(self.recurrence):
-            if self.structure == "d":
-                y = self.gamma * self.context(y)
-            elif self.structure == "b":
-                y = self.gamma * self.context(y) + y
-            else:  # a and c
-                y = self.gamma * self.context(y) + x
-        return y + x if self.structure == "d" else y
+            if recompute:
+                y = checkpoint(self.step, y, x_last, projection, use_reentrant=False)
+            else:
+                y = self.step(y, x_last, projection)
+        if self.structure == "d":
+            y = y + x_last
+        return from_channels_last(y, x)

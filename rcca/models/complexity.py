@@ -47,11 +47,12 @@ with warnings.catch_warnings():  # importing fvcore calls torch.jit.script, whic
     from fvcore.nn.jit_handles import get_shape
 
 # Ops that fvcore has no handle for and that we deliberately leave uncounted: element-wise
-# arithmetic, normalised exponentials, masks and pooling (no multiply-accumulate chains).
+# arithmetic, normalised exponentials, masks, layout views and pooling (no multiply-accumulate chains).
 NEGLIGIBLE_OPS = frozenset(
     {
         "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div",
-        "aten::softmax", "aten::eye", "aten::masked_fill", "aten::mean",
+        "aten::softmax", "aten::eye", "aten::masked_fill", "aten::mean", "aten::new_ones",
+        "aten::diagonal", "aten::fill_", "aten::movedim",
         "aten::max_pool2d", "aten::max_pool3d", "aten::avg_pool2d", "aten::avg_pool3d",
         "aten::adaptive_avg_pool3d", "aten::sigmoid", "aten::exp",
     }
@@ -73,8 +74,10 @@ def mac_analysis(model: nn.Module, inputs: Tensor) -> FlopCountAnalysis:
 
     Raises RuntimeError when fvcore meets an op it cannot count that is not in
     `NEGLIGIBLE_OPS`, or when a module with parameters is never called (its cost would
-    be missing). Modules without parameters that tracing does not see (nn.Identity) are
-    allowed.
+    be missing). Allowed: modules without parameters that tracing does not see
+    (nn.Identity), and the children that a called module names in its `applies_children`
+    (it applies their weights itself, e.g. CCA-3D's q, k, v convolutions as one product,
+    and the traced product is counted).
     """
     analysis = FlopCountAnalysis(model, inputs).set_op_handle("aten::batch_norm", batchnorm_mac_jit)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
@@ -83,7 +86,17 @@ def mac_analysis(model: nn.Module, inputs: Tensor) -> FlopCountAnalysis:
     if unknown:
         raise RuntimeError(f"fvcore cannot count {unknown}: register a handle in rcca.models.complexity")
     modules = dict(model.named_modules())
-    uncalled = sorted(name for name in analysis.uncalled_modules() if count_parameters(modules[name]) > 0)
+    applied_by_parent = {
+        f"{name}.{child}" if name else child
+        for name, module in modules.items()
+        if name not in analysis.uncalled_modules()
+        for child in getattr(module, "applies_children", ())
+    }
+    uncalled = sorted(
+        name
+        for name in analysis.uncalled_modules()
+        if count_parameters(modules[name]) > 0 and name not in applied_by_parent
+    )
     if uncalled:
         raise RuntimeError(f"modules with parameters were never called, their MACs are missing: {uncalled}")
     return analysis
