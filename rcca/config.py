@@ -173,6 +173,7 @@ class ModuleConfig:
     value_fraction: float = field(default=0.5, metadata=fraction())  # RCCA-3D structure c: value channels as a fraction of C
     gamma_init: float = field(default=1.0, metadata=finite())  # RCCA-3D: initial gamma
     subsample: bool = False  # non-local: max-pool keys and values by 1x2x2
+    memory_efficient: bool = False  # RCCA-3D: save only each recurrence's input, recompute the rest in backward
 
 
 @dataclass

@@ -13,11 +13,13 @@ from torch import Tensor, nn
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig
 from rcca.engine.checkpoints import read_checkpoint
 from rcca.engine.optim import build_optimizer
-from rcca.models.attention import RCCA3D, CrissCrossAttention3D
+from rcca.models.attention import RCCA3D, CrissCrossAttention3D, CrissCrossFunction, criss_cross_attention
 from rcca.models.build import build_model
 from rcca.models.nonlocal_block import NonLocal3D
 from rcca.models.tsm import TSMResNet, load_imagenet_weights
 
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=needs_cuda)]
 SMALL_TSM = BackboneConfig(name="tsm", depth=18, width=16, dropout=0.0)
 TSM_R50 = BackboneConfig(name="tsm", depth=50)
 R50_CHANNELS = {"conv3_3": 512, "conv4_5": 1024, "conv5_2": 2048}  # block output channels of ResNet-50
@@ -69,7 +71,9 @@ def paper_equation(structure: str, recurrence: int) -> Callable[[RCCA3D, Tensor]
 
     def forward(module: RCCA3D, x: Tensor) -> Tensor:
         gamma = module.gamma
-        f = (lambda y: module.restore(module.cca(y))) if structure == "c" else module.cca
+        f = lambda y: brute_force_cca(module.cca, y)  # noqa: E731
+        if structure == "c":
+            f = lambda y: module.restore(brute_force_cca(module.cca, y))  # noqa: E731
         if structure == "d":  # Eq. 7: Y = gF(gF(...gF(X))) + X
             y = x
             for _ in range(recurrence):
@@ -93,6 +97,118 @@ def test_rcca_structures_follow_their_equations(structure: str, recurrence: int)
     assert (module.restore is not None) == (structure == "c")
     expected = paper_equation(structure, recurrence)(module, x)
     assert torch.allclose(module(x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("memory_efficient", [False, True], ids=["saved", "recomputed"])
+@pytest.mark.parametrize("structure", ["a", "b", "c", "d"])
+def test_rcca_gradients_match_brute_force(structure: str, memory_efficient: bool, device: str) -> None:
+    """Input and parameter gradients of the written-out backward equal autograd through the brute force."""
+    torch.manual_seed(1)
+    module = RCCA3D(8, structure=structure, gamma_init=0.7, memory_efficient=memory_efficient)
+    module = randomise(module.double()).to(device)
+    x = torch.randn(2, 8, 3, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    upstream = torch.randn_like(x)
+    gradients = []
+    for forward in (RCCA3D.forward, paper_equation(structure, 3)):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        forward(module, x).backward(upstream)
+        gradients.append([x.grad] + [p.grad for p in module.parameters()])
+    for ours, reference in zip(*gradients, strict=True):
+        assert torch.allclose(ours, reference, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("n, t, h, w", [(1, 3, 4, 5), (2, 2, 3, 2), (1, 1, 1, 3), (2, 4, 1, 1)])
+@pytest.mark.parametrize("gamma", [0.0, 0.8])
+def test_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int, gamma: float) -> None:
+    """Numerical Jacobians (float64) of gamma x CCA-3D w.r.t. q, k, v and gamma, at gamma = 0 too."""
+    torch.manual_seed(n + t + h + w)
+    inner, value = 2, 3
+    qkv = torch.randn(n, t, h, w, 2 * inner + value, dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(gamma, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, g: CrissCrossFunction.apply(a, g, inner), (qkv, scale))
+
+
+def saved_bytes(forward: Callable[[], Tensor]) -> int:
+    """Bytes of the distinct storages that autograd saves for the backward pass of `forward()`."""
+    storages: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_rcca_saves_at_most_its_analytic_floor(memory_efficient: bool) -> None:
+    """Saved for backward, per position and recurrence: the input Y (C), q and k (2C'), v (C) and one
+    attention row (T + H + W), all float32; with memory_efficient, the input Y only. Plus the weights."""
+    n, c, t, h, w = 1, 32, 4, 6, 5
+    module = RCCA3D(c, memory_efficient=memory_efficient)
+    x = torch.randn(n, c, t, h, w, requires_grad=True)
+    inner = module.cca.query.out_channels
+    per_position = c if memory_efficient else 2 * c + 2 * inner + (t + h + w)
+    weights = sum(p.numel() for p in module.parameters())
+    activations = 4 * module.recurrence * per_position * n * t * h * w
+    assert activations <= saved_bytes(lambda: module(x)) <= activations + 4 * weights
+
+
+def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:
+    torch.manual_seed(0)
+    module = RCCA3D(8, gamma_init=0.6)
+    x = torch.randn(2, 8, 3, 4, 5)
+    x_last = x.contiguous(memory_format=torch.channels_last_3d).requires_grad_()
+    out, out_last = module(x), module(x_last)
+    assert out.is_contiguous() and out_last.is_contiguous(memory_format=torch.channels_last_3d)
+    assert torch.allclose(out, out_last, atol=1e-6)
+    out_last.sum().backward()
+    assert x_last.grad is not None and torch.isfinite(x_last.grad).all()
+
+
+@pytest.mark.parametrize(
+    "device, dtype",
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.bfloat16, marks=needs_cuda),
+        pytest.param("cuda", torch.float16, marks=needs_cuda),
+    ],
+)
+def test_autocast_keeps_the_softmax_in_float32(device: str, dtype: torch.dtype) -> None:
+    """Under autocast the products run in the low precision, the softmax and the attention in float32."""
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 3, 4, 5, 12, device=device).to(dtype)
+    out, attention = criss_cross_attention(qkv, 2)
+    assert out.dtype == dtype and attention.dtype == torch.float32
+    assert torch.allclose(attention.sum(-1), torch.ones(1, 3, 4, 5, device=device))
+    module = RCCA3D(16, gamma_init=0.5).to(device)
+    x = torch.randn(2, 16, 3, 4, 5, device=device, requires_grad=True)
+    with torch.autocast(device, dtype=dtype):
+        low = module(x)
+    low.float().sum().backward()
+    assert low.dtype == x.dtype  # the residual adds the context to the input in its own precision
+    assert torch.allclose(low.float(), module(x), rtol=0.05, atol=0.05)
+    assert torch.isfinite(x.grad).all() and torch.isfinite(module.gamma.grad)
+
+
+@pytest.mark.parametrize("device, backend", [("cpu", "aot_eager"), pytest.param("cuda", "inductor", marks=needs_cuda)])
+def test_torch_compile_gives_the_eager_output_and_gradients(device: str, backend: str) -> None:
+    torch.manual_seed(0)
+    module = RCCA3D(8, gamma_init=0.6).to(device)
+    x = torch.randn(2, 8, 3, 4, 5, device=device, requires_grad=True)
+    results = []
+    for model in (module, torch.compile(module, backend=backend)):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        out = model(x)
+        out.pow(2).sum().backward()
+        results.append([out, x.grad] + [p.grad for p in module.parameters()])
+    for compiled, eager in zip(results[1], results[0], strict=True):
+        assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
 def test_rcca_structures_differ() -> None:

@@ -53,6 +53,7 @@ RESUMABLE = (
     "dataset.exclude",
     "data.cache_dir",
     "backbone.pretrained",
+    "module.memory_efficient",
     "imagenet.",
     "results_dir",
 )

@@ -48,6 +48,7 @@ def context_factory(cfg: ModuleConfig) -> partial[nn.Module] | None:
             inner_fraction=cfg.inner_fraction,
             gamma_init=cfg.gamma_init,
             value_fraction=cfg.value_fraction,
+            memory_efficient=cfg.memory_efficient,
         )
     if cfg.name == "nl":
         return partial(NonLocal3D, subsample=cfg.subsample)

@@ -22,6 +22,7 @@ IGNORED_KEYS = frozenset(
         "dataset.exclude",
         "data.cache_dir",
         "backbone.pretrained",
+        "module.memory_efficient",
         "init_from",
         "resume",
         "ckpt",
