@@ -36,13 +36,16 @@ Each prints a table, the ratios, and a last line with one JSON object of the res
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -63,7 +66,7 @@ from rcca.engine.optim import build_optimizer
 from rcca.engine.trainer import AMP_DTYPES, autocast_dtype
 from rcca.models.attention import RCCA3D
 from rcca.models.build import build_model, to_channels_last
-from rcca.models.complexity import count_parameters
+from rcca.models.complexity import count_parameters, saved_tensor_bytes
 from rcca.models.nonlocal_block import NonLocal3D
 
 MIB = 2**20
@@ -73,9 +76,21 @@ GIB = 2**30
 SITES = {"conv3_3": (512, 28), "conv4_5": (1024, 14)}
 MODULES: dict[str, Callable[[int], nn.Module]] = {
     "RCCA3D(R=3)": lambda c: RCCA3D(c),
+    "RCCA3D(memory_efficient)": lambda c: RCCA3D(c, memory_efficient=True),
+    "q,k,v convs x3": lambda c: Projections(RCCA3D(c)),
     "NonLocal3D": lambda c: NonLocal3D(c),
     "NonLocal3D(subsample)": lambda c: NonLocal3D(c, subsample=True),
 }
+# Efficiency targets of the README (ratio keys end with these figures; lower is better).
+TARGETS = {
+    "time, RCCA-3D / its q, k, v convolutions": 1.5,
+    "saved for backward, RCCA-3D / non-local": 0.5,
+    "peak memory, RCCA-3D / non-local": 0.5,
+    "slowdown when busy, RCCA-3D / non-local": 1.5,
+}
+# Scaling table: feature maps of C = 512 channels at these T x H x W.
+SCALING_CHANNELS = 512
+SCALING_SHAPES = ((8, 14, 14), (8, 28, 28), (16, 28, 28), (8, 56, 56))
 # Clip kinds of the data benchmark: name -> (sampling, frames per clip, dense step).
 CLIPS = {"tsm 8x1 segment": ("segment", 8, 1), "mfnet 16x2 dense": ("dense", 16, 2)}
 BACKENDS = ("decord", "pyav")
@@ -98,13 +113,14 @@ TRAIN_VIDEOS = {"UCF101 split 1": 9537, "HMDB51 split 1": 3570, "Mini-Kinetics-2
 
 @dataclass
 class ModuleResult:
-    """One row of the modules table: median forward + backward time and peak memory."""
+    """One row of the modules table: median forward + backward time, bytes saved for backward, peak memory."""
 
     site: str
     module: str
     input_shape: list[int]
-    time_ms: float
-    peak_mib: float
+    time_ms: float | None  # None where the pass would not fit in memory
+    saved_mib: float | None
+    peak_mib: float | None
 
 
 class Step(Protocol):
@@ -117,11 +133,11 @@ class Step(Protocol):
 
 @dataclass
 class TrainingPass:
-    """Forward of `module` on `x`, then backward of the fixed upstream gradient `grad` (same shape)."""
+    """Forward of `module` on `x`, then backward of fixed upstream gradients (one per output, same shapes)."""
 
     module: nn.Module
     x: torch.Tensor
-    grad: torch.Tensor
+    grads: list[torch.Tensor]
 
     def clear(self) -> None:
         """Free the gradients of the previous pass, so each pass allocates its own."""
@@ -129,7 +145,24 @@ class TrainingPass:
         self.x.grad = None
 
     def __call__(self) -> None:
-        self.module(self.x).backward(self.grad)
+        outputs = self.module(self.x)
+        torch.autograd.backward(list(outputs) if isinstance(outputs, tuple) else [outputs], self.grads)
+
+
+class Projections(nn.Module):
+    """An RCCA-3D's own 1x1x1 convolutions alone: q, k and v of the input, applied `recurrence` times.
+
+    The floor of the module's cost: RCCA-3D adds the affinities, softmax and aggregation to these.
+    Output: the 3R maps, each with its own upstream gradient in the benchmark.
+    """
+
+    def __init__(self, module: RCCA3D) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList([module.cca.query, module.cca.key, module.cca.value])
+        self.recurrence = module.recurrence
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(conv(x) for _ in range(self.recurrence) for conv in self.convs)
 
 
 def synchronize(device: torch.device) -> None:
@@ -153,7 +186,7 @@ def median_time(step: Step, device: torch.device, warmup: int, repeats: int) -> 
     return statistics.median(times)
 
 
-def peak_memory(step: TrainingPass, device: torch.device) -> int:
+def peak_memory(step: Step, device: torch.device) -> int:
     """Peak bytes allocated by `step` beyond what was allocated before it.
 
     CUDA: the allocator's peak statistic. CPU: replays the profiler's allocation and free
@@ -173,45 +206,167 @@ def peak_memory(step: TrainingPass, device: torch.device) -> int:
     return max(itertools.accumulate((nbytes for _, nbytes in events), initial=0))
 
 
+def module_pass(name: str, channels: int, shape: tuple[int, ...], device: torch.device) -> TrainingPass:
+    """A forward + backward pass of `MODULES[name]` for C = `channels` on a random input of `shape`."""
+    torch.manual_seed(0)
+    module = MODULES[name](channels).to(device)
+    x = torch.randn(shape, device=device, requires_grad=True)
+    outputs = module(x)
+    grads = [torch.randn_like(y) for y in (outputs if isinstance(outputs, tuple) else (outputs,))]
+    del outputs
+    return TrainingPass(module, x, grads)
+
+
+def nonlocal_bytes(shape: tuple[int, ...]) -> int:
+    """What a full non-local block's backward pass holds at once: four float32 THW x THW maps
+    (energies, attention, and their gradients), the part that outgrows memory."""
+    n, _, t, h, w = shape
+    return 4 * 4 * n * (t * h * w) ** 2
+
+
+def measure_module(
+    site: str,
+    name: str,
+    channels: int,
+    shape: tuple[int, ...],
+    device: torch.device,
+    timing: tuple[int, int],
+    limit: int,
+) -> ModuleResult:
+    """Time, saved bytes and peak memory of one module at one input shape (None: over `limit` bytes)."""
+    if name.startswith("NonLocal3D") and "subsample" not in name and nonlocal_bytes(shape) > limit:
+        return ModuleResult(site, name, list(shape), None, None, None)
+    step = module_pass(name, channels, shape, device)
+    try:
+        seconds = median_time(step, device, *timing)
+        saved = saved_tensor_bytes(lambda: step.module(step.x))
+        peak = peak_memory(step, device)
+    except torch.cuda.OutOfMemoryError:
+        return ModuleResult(site, name, list(shape), None, None, None)
+    return ModuleResult(site, name, list(shape), seconds * 1e3, saved / MIB, peak / MIB)
+
+
+@contextlib.contextmanager
+def busy_processes(count: int) -> Iterator[None]:
+    """`count` other CPU-bound processes (busy Python loops) running while the block runs."""
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        time.sleep(0.5)  # let them start spinning
+        yield
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
+
+
+def memory_limit(device: torch.device) -> int:
+    """Bytes a pass may use: the GPU's total memory, or half the memory available on this machine."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def print_module_rows(results: list[ModuleResult], label: Callable[[ModuleResult], str]) -> None:
+    print(f"{'':<12} {'module':<26} {'fwd+bwd ms':>11} {'saved MiB':>10} {'peak MiB':>9}")
+    for r in results:
+        missing = "  out of memory" if r.time_ms is None else ""
+        print(
+            f"{label(r):<12} {r.module:<26} {optional(r.time_ms, '.1f', 11)} {optional(r.saved_mib, '.1f', 10)} "
+            f"{optional(r.peak_mib, '.1f', 9)}{missing}",
+            flush=True,
+        )
+
+
 def benchmark_modules(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} thread(s)"
+    timing = (args.warmup, args.repeats)
+    limit = memory_limit(device)
     print(
-        f"device: {device} ({where}); batch {args.batch} clip(s) of {args.frames} frames; "
-        f"median of {args.repeats} after {args.warmup} warm-up"
+        f"device: {device} ({where}); torch {torch.__version__}; float32; batch {args.batch}; "
+        f"median of {args.repeats} forward + backward passes after {args.warmup} warm-up"
     )
-    print(f"{'site':<8} {'module':<22} {'input N x C x T x H x W':<26} {'fwd+bwd ms':>11} {'peak MiB':>9}")
+    if args.shrink > 1:
+        print(
+            f"--shrink {args.shrink}: channels and sizes divided by {args.shrink} (a smoke test, not the paper's sizes)"
+        )
     results: list[ModuleResult] = []
     for site, (channels, size) in SITES.items():
+        channels, size = channels // args.shrink, max(2, size // args.shrink)
         shape = (args.batch, channels, args.frames, size, size)
-        for name, make in MODULES.items():
-            torch.manual_seed(0)
-            module = make(channels).to(device)
-            x = torch.randn(shape, device=device, requires_grad=True)
-            step = TrainingPass(module, x, torch.randn(shape, device=device))
-            seconds = median_time(step, device, args.warmup, args.repeats)
-            result = ModuleResult(site, name, list(shape), seconds * 1e3, peak_memory(step, device) / MIB)
-            results.append(result)
-            print(
-                f"{site:<8} {name:<22} {' x '.join(map(str, shape)):<26} "
-                f"{result.time_ms:>11.1f} {result.peak_mib:>9.1f}",
-                flush=True,
-            )
-            del module, x, step
+        print(f"{site}: input {' x '.join(map(str, shape))}")
+        rows = [measure_module(site, name, channels, shape, device, timing, limit) for name in MODULES]
+        print_module_rows(rows, lambda r: r.site)
+        results += rows
 
+    channels = SCALING_CHANNELS // args.shrink
+    print(f"scaling (C = {channels}, batch {args.batch}; one timed pass each): RCCA-3D vs the full non-local block")
+    scaling: list[ModuleResult] = []
+    for t, h, w in SCALING_SHAPES:
+        t, h, w = t, max(2, h // args.shrink), max(2, w // args.shrink)
+        shape = (args.batch, channels, t, h, w)
+        for name in ("RCCA3D(R=3)", "NonLocal3D"):
+            scaling.append(measure_module(f"{t}x{h}x{w}", name, channels, shape, device, (0, 1), limit))
+    print_module_rows(scaling, lambda r: r.site)
+    if any(r.time_ms is None for r in scaling):
+        print(f"out of memory: a full non-local block needs over {limit / GIB:.1f} GiB there (4 THW x THW maps)")
+
+    busy: dict[str, dict[str, float]] = {}
+    if device.type == "cpu" and args.busy:
+        print(f"with {args.busy} other busy processes on the {os.cpu_count()} CPUs:")
+        with busy_processes(args.busy):
+            loaded = [
+                measure_busy(r, device, timing)
+                for r in results
+                if r.module in ("RCCA3D(R=3)", "NonLocal3D") and r.time_ms is not None
+            ]
+        for quiet, seconds in zip([r for r in results if r.module in ("RCCA3D(R=3)", "NonLocal3D")], loaded):
+            busy.setdefault(quiet.site, {})[quiet.module] = seconds * 1e3 / quiet.time_ms
+            print(
+                f"{quiet.site:<12} {quiet.module:<26} {seconds * 1e3:>11.1f} ms: x{seconds * 1e3 / quiet.time_ms:.2f}"
+            )
+
+    ratios = module_ratios(results, busy)
+    print("ratios from this run (target where the README sets one):")
+    for key, value in ratios.items():
+        target = next((f"target <= {limit}" for figure, limit in TARGETS.items() if key.endswith(figure)), "")
+        print(f"  {key:<62} {value:>6.2f}  {target}")
+    return {
+        "device": where,
+        "torch": torch.__version__,
+        "results": [asdict(r) for r in results],
+        "scaling": [asdict(r) for r in scaling],
+        "busy_slowdown": busy,
+        "ratios": ratios,
+    }
+
+
+def measure_busy(quiet: ModuleResult, device: torch.device, timing: tuple[int, int]) -> float:
+    """Median forward + backward seconds of the module and site of `quiet`, measured again now."""
+    step = module_pass(quiet.module, quiet.input_shape[1], tuple(quiet.input_shape), device)
+    return median_time(step, device, *timing)
+
+
+def module_ratios(results: list[ModuleResult], busy: dict[str, dict[str, float]]) -> dict[str, float]:
+    """The figures the README's efficiency table reports, per site."""
     ratios = {}
     for site in SITES:
         by_name = {r.module: r for r in results if r.site == site}
-        rcca = by_name["RCCA3D(R=3)"]
-        for other in ("NonLocal3D", "NonLocal3D(subsample)"):
-            key = f"{site}: RCCA / {other}"
-            ratios[key] = {
-                "time": rcca.time_ms / by_name[other].time_ms,
-                "memory": rcca.peak_mib / by_name[other].peak_mib,
-            }
-            print(f"{key:<40} time x{ratios[key]['time']:.2f}  memory x{ratios[key]['memory']:.2f}")
-    return {"device": where, "results": [asdict(r) for r in results], "ratios": ratios}
+        rcca, nl = by_name["RCCA3D(R=3)"], by_name["NonLocal3D"]
+        ratios[f"{site}: time, RCCA-3D / its q, k, v convolutions"] = rcca.time_ms / by_name["q,k,v convs x3"].time_ms
+        if nl.time_ms is not None:
+            ratios[f"{site}: time, RCCA-3D / non-local"] = rcca.time_ms / nl.time_ms
+            ratios[f"{site}: saved for backward, RCCA-3D / non-local"] = rcca.saved_mib / nl.saved_mib
+            ratios[f"{site}: peak memory, RCCA-3D / non-local"] = rcca.peak_mib / nl.peak_mib
+            efficient = by_name["RCCA3D(memory_efficient)"]
+            ratios[f"{site}: saved, memory-efficient RCCA-3D / non-local"] = efficient.saved_mib / nl.saved_mib
+        if site in busy and len(busy[site]) == 2:
+            slowdown = busy[site]
+            ratios[f"{site}: slowdown when busy, RCCA-3D / non-local"] = (
+                slowdown["RCCA3D(R=3)"] / slowdown["NonLocal3D"]
+            )
+    return ratios
 
 
 # ---------------------------------------------------------------------------- data
@@ -454,8 +609,10 @@ def main(argv: list[str] | None = None) -> None:
     modules = commands.add_parser("modules", parents=[runs_models], help="RCCA-3D vs non-local: time and memory")
     modules.add_argument("--batch", type=int, default=1, help="clips per pass (default 1)")
     modules.add_argument("--frames", type=int, default=8, help="T of the feature maps (default 8)")
-    modules.add_argument("--repeats", type=int, default=5)
+    modules.add_argument("--repeats", type=int, default=3)
     modules.add_argument("--warmup", type=int, default=1)
+    modules.add_argument("--busy", type=int, default=2, help="other busy processes for the slowdown figure (0: skip)")
+    modules.add_argument("--shrink", type=int, default=1, help="divide channels and sizes by this (a smoke test)")
     data = commands.add_parser("data", help="decord vs PyAV: loader throughput")
     data.add_argument("--videos", type=int, default=20)
     data.add_argument("--video-frames", type=int, default=90)
@@ -478,12 +635,24 @@ def main(argv: list[str] | None = None) -> None:
         "--channels-last", action="store_true", help="channels-last weights, as trainer.channels_last"
     )
     args = parser.parse_args(argv)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load_before = os.getloadavg()[0]
-    print(f"machine: {os.cpu_count()} CPUs, load average {load_before:.2f} (other processes slow CPU timings down)")
+    print(f"machine: {cores} CPUs, load average {load_before:.2f} (other processes slow CPU timings down)")
+    warn_if_loaded(load_before, cores, "at the start")
     summary = {"modules": benchmark_modules, "data": benchmark_data, "training": benchmark_training}[args.command](args)
     summary["load_average"] = [load_before, os.getloadavg()[0]]
     print(f"load average at the end: {summary['load_average'][1]:.2f}")
+    warn_if_loaded(summary["load_average"][1], cores, "at the end", own=args.command == "modules" and args.busy)
     print(json.dumps(summary))
+
+
+def warn_if_loaded(load: float, cores: int, when: str, own: int = 0) -> None:
+    """Print a warning when the 1-minute load average, less `own` busy processes this run started, exceeds the cores."""
+    if load - own > cores:
+        print(
+            f"WARNING: load average {load:.2f} {when}{f' ({own} of it from this run)' if own else ''} is above the "
+            f"{cores} CPUs: other work shares this machine and CPU figures measure it too; rerun on a quiet machine"
+        )
 
 
 if __name__ == "__main__":

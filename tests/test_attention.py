@@ -15,6 +15,7 @@ from rcca.engine.checkpoints import read_checkpoint
 from rcca.engine.optim import build_optimizer
 from rcca.models.attention import RCCA3D, CrissCrossAttention3D, CrissCrossFunction, criss_cross_attention
 from rcca.models.build import build_model
+from rcca.models.complexity import saved_tensor_bytes
 from rcca.models.nonlocal_block import NonLocal3D
 from rcca.models.tsm import TSMResNet, load_imagenet_weights
 
@@ -130,20 +131,6 @@ def test_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int, gamma: f
     assert torch.autograd.gradcheck(lambda a, g: CrissCrossFunction.apply(a, g, inner), (qkv, scale))
 
 
-def saved_bytes(forward: Callable[[], Tensor]) -> int:
-    """Bytes of the distinct storages that autograd saves for the backward pass of `forward()`."""
-    storages: dict[int, int] = {}
-
-    def pack(tensor: Tensor) -> Tensor:
-        storage = tensor.untyped_storage()
-        storages[storage.data_ptr()] = storage.nbytes()
-        return tensor
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        forward()
-    return sum(storages.values())
-
-
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_rcca_saves_at_most_its_analytic_floor(memory_efficient: bool) -> None:
     """Saved for backward, per position and recurrence: the input Y (C), q and k (2C'), v (C) and one
@@ -155,7 +142,7 @@ def test_rcca_saves_at_most_its_analytic_floor(memory_efficient: bool) -> None:
     per_position = c if memory_efficient else 2 * c + 2 * inner + (t + h + w)
     weights = sum(p.numel() for p in module.parameters())
     activations = 4 * module.recurrence * per_position * n * t * h * w
-    assert activations <= saved_bytes(lambda: module(x)) <= activations + 4 * weights
+    assert activations <= saved_tensor_bytes(lambda: module(x)) <= activations + 4 * weights
 
 
 def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:

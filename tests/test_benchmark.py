@@ -37,3 +37,37 @@ def test_training_reports_clips_per_second_and_epoch_hours() -> None:
     hours = summary["epoch_hours"]["rows"]["tsm_rcca"]
     assert hours["Kinetics-400"] == pytest.approx(summary["train_videos"]["Kinetics-400"] / row["clips_per_s"] / 3600)
     assert "lower bound" in result.stdout
+
+
+def test_modules_reports_every_efficiency_figure() -> None:
+    """The modules subcommand at a smoke size: every row, the scaling table and ratios computed from the rows."""
+    result = run_entry(
+        "scripts/benchmark.py",
+        *("modules", "--shrink", "8", "--threads", "1", "--repeats", "1", "--warmup", "0", "--busy", "1"),
+        *("--device", "cpu"),
+        timeout=300,
+    )
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = {(r["site"], r["module"]): r for r in summary["results"]}
+    modules = {"RCCA3D(R=3)", "RCCA3D(memory_efficient)", "q,k,v convs x3", "NonLocal3D", "NonLocal3D(subsample)"}
+    assert set(rows) == {(site, module) for site in ("conv3_3", "conv4_5") for module in modules}
+    assert rows["conv3_3", "RCCA3D(R=3)"]["input_shape"] == [1, 64, 8, 3, 3]  # 512 channels and 28 px, shrunk by 8
+    for site in ("conv3_3", "conv4_5"):
+        rcca, nl = rows[site, "RCCA3D(R=3)"], rows[site, "NonLocal3D"]
+        assert rows[site, "RCCA3D(memory_efficient)"]["saved_mib"] < rcca["saved_mib"]
+        ratios = summary["ratios"]
+        assert ratios[f"{site}: time, RCCA-3D / its q, k, v convolutions"] == pytest.approx(
+            rcca["time_ms"] / rows[site, "q,k,v convs x3"]["time_ms"]
+        )
+        assert ratios[f"{site}: saved for backward, RCCA-3D / non-local"] == pytest.approx(
+            rcca["saved_mib"] / nl["saved_mib"]
+        )
+        assert ratios[f"{site}: peak memory, RCCA-3D / non-local"] == pytest.approx(rcca["peak_mib"] / nl["peak_mib"])
+        slowdown = summary["busy_slowdown"][site]
+        assert ratios[f"{site}: slowdown when busy, RCCA-3D / non-local"] == pytest.approx(
+            slowdown["RCCA3D(R=3)"] / slowdown["NonLocal3D"]
+        )
+    scaling = [(r["site"], r["module"]) for r in summary["scaling"]]
+    assert [site for site, _ in scaling[::2]] == ["8x2x2", "8x3x3", "16x3x3", "8x7x7"]
+    assert all(r["time_ms"] > 0 and r["saved_mib"] > 0 for r in summary["scaling"])
+    assert "target <= 1.5" in result.stdout and len(summary["load_average"]) == 2

@@ -60,11 +60,11 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     out[n,t,h,w,T+h'] = <a[n,t,h,w], b[n,t,h',w]>, out[n,t,h,w,T+H+w'] = <a[n,t,h,w], b[n,t,h,w']>.
     """
     shape = tuple(a.shape[:4])
-    out = a.new_empty(*shape, sum(shape[1:]), dtype=torch.promote_types(a.dtype, torch.float32))
-    for axis, start, size in line_columns(shape):
-        products = torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2))  # B x L x L'
-        out[..., start : start + size].copy_(_unlines(products, shape, axis))
-    return out
+    blocks = [
+        _unlines(torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2)), shape, axis)  # B x L x L' each
+        for axis, _, _ in line_columns(shape)
+    ]
+    return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
 
 
 def line_aggregate(weights: Tensor, values: Tensor, out: Tensor | None = None, transpose: bool = False) -> Tensor:
@@ -152,11 +152,13 @@ class CrissCrossFunction(torch.autograd.Function):
             q, k, v = qkv.split((c, c, qkv.shape[-1] - 2 * c), dim=-1)
             grad_qkv = torch.empty_like(qkv)
             grad_q, grad_k, grad_v = grad_qkv.split((c, c, v.shape[-1]), dim=-1)
-            weighted = attention * line_affinities(grad, v)  # A_j D_j
-            total = weighted.sum(dim=-1, keepdim=True)  # s
-            grad_gamma = total.sum().to(gamma.dtype) if ctx.needs_input_grad[1] else None
-            # dE = gamma (A D - A s), computed in place in `weighted`.
-            grad_energy = weighted.sub_(attention * total).mul_(gamma.to(weighted.dtype))
+            products = line_affinities(grad, v)  # D
+            grad_gamma = None
+            if ctx.needs_input_grad[1]:  # sum over queries of s = sum_j A_j D_j
+                grad_gamma = torch.vdot(attention.flatten(), products.flatten()).to(gamma.dtype)
+            # dE = gamma A (D - s): the softmax's own backward kernel, one pass.
+            grad_energy = torch._softmax_backward_data(products, attention, -1, attention.dtype)
+            grad_energy.mul_(gamma.to(grad_energy.dtype))
             line_aggregate(attention, grad, grad_v, transpose=True).mul_(gamma.to(grad.dtype))
             line_aggregate(grad_energy, k, grad_q)
             line_aggregate(grad_energy, q, grad_k, transpose=True)

@@ -102,6 +102,24 @@ def mac_analysis(model: nn.Module, inputs: Tensor) -> FlopCountAnalysis:
     return analysis
 
 
+def saved_tensor_bytes(forward: Callable[[], object]) -> int:
+    """Bytes of the distinct storages that autograd saves for the backward pass of `forward()`.
+
+    Every tensor saved for backward (by built-in ops and by `autograd.Function`s alike) is seen
+    through `torch.autograd.graph.saved_tensors_hooks`; views of one storage count once.
+    """
+    storages: dict[int, int] = {}
+
+    def pack(tensor: Tensor) -> Tensor:
+        storage = tensor.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return sum(storages.values())
+
+
 def count_macs(model: nn.Module, inputs: Tensor) -> int:
     """Total MACs of `model(inputs)` (see `mac_analysis`)."""
     return int(mac_analysis(model, inputs).total())
