@@ -200,6 +200,7 @@ class TrainerConfig:
     batch_size: int = field(default=16, metadata=at_least(1))  # clips per forward pass and process
     effective_batch_size: int = field(default=16, metadata=at_least(1))  # clips per update (accumulated over steps, processes)
     num_workers: int = field(default=2, metadata=at_least(0))  # DataLoader worker processes per process
+    threads: int | None = field(default=None, metadata=at_least(1))  # intra-op CPU threads per process; null: its share of the cores less its data workers, at least 1
     data_timeout: float = field(default=600.0, metadata=non_negative())  # seconds a worker may take for a batch (0: no limit)
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))  # auto: CUDA when a GPU is visible
     eval_every: int = field(default=1, metadata=at_least(1))  # validate every N epochs (the last epoch always)

@@ -1,15 +1,21 @@
 """Speed and memory benchmarks: `python scripts/benchmark.py modules|data|training [options]`.
 
-modules  Forward + backward time (median of --repeats runs after --warmup) and peak memory
-         of RCCA-3D (structure a, R=3, C_d=1/4) and the non-local block (with and without
-         1x2x2 subsampling) at the paper's TSM-ResNet-50 sites for 8-frame clips at 224:
-         conv3_3 (C=512, 28x28) and conv4_5 (C=1024, 14x14). Runs on CUDA when available
-         (peak = torch.cuda.max_memory_allocated), else on the CPU (peak = the largest
-         total of live tensors allocated during the pass, from torch.profiler's memory
-         events). Memory counts what the pass allocates on top of the input and weights.
-         CPU runs use all of torch's threads unless --threads says otherwise; on a CPU shared
-         with other work, multi-threaded timings measure the load more than the modules
-         (the load average is printed before and after).
+modules  The efficiency figures of RCCA-3D (structure a, R=3, C_d=1/4), from one run. At the paper's
+         TSM-ResNet-50 sites for 8-frame clips at 224, conv3_3 (C=512, 28x28) and conv4_5 (C=1024,
+         14x14), float32, forward + backward, median of --repeats after --warmup: the time, the bytes
+         autograd saves for backward (distinct storages) and the peak memory of RCCA-3D, of RCCA-3D
+         with memory_efficient=true, of its own q, k, v 1x1x1 convolutions applied R times (its
+         floor), and of the non-local block with and without 1x2x2 subsampling. Peak: on CUDA
+         torch.cuda.max_memory_allocated; on the CPU the largest total of live tensors during the
+         pass, from torch.profiler's memory events; both on top of the input and weights. Then a
+         scaling table over T x H x W (C=512) for RCCA-3D and the full non-local block; a shape whose
+         non-local maps would not fit (half the free memory on the CPU) is reported as out of memory.
+         On the CPU also: the slowdown of RCCA-3D and non-local while --busy other busy processes
+         run; the trainer's step against a bare forward-backward-step loop on the same batches (the
+         quick-start model and recipe); and the quick-start `python train.py` on a quiet machine and
+         next to one busy process (--no-runs skips these two, a few minutes). It ends with the
+         ratios and their targets. CPU runs use all of torch's threads unless --threads says
+         otherwise; --shrink N divides channels and sizes for a smoke test.
 data     Decode + augmentation throughput (clips/s) of the training pipeline
          (VideoDataset -> build_loader, MultiScaleCrop to 224, flip) on 320x240 MPEG-4
          videos it writes to a temporary folder: 8-frame TSM segment clips and 16-frame
@@ -46,29 +52,33 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.profiler import ProfilerActivity, profile
+from torch.utils.data import DataLoader
 
-from rcca.config import compose_config
+from rcca.config import SYNTHETIC_CLASSES, compose_config
 from rcca.data.annotations import VideoRecord
 from rcca.data.build import ClipSampling, build_loader
 from rcca.data.datasets import VideoDataset
 from rcca.data.decoding import read_frames_decord
+from rcca.data.samplers import EpochSampler
 from rcca.data.synthetic import write_video
 from rcca.data.transforms import build_train_transform
 from rcca.engine.optim import build_optimizer
-from rcca.engine.trainer import AMP_DTYPES, autocast_dtype
+from rcca.engine.trainer import AMP_DTYPES, Trainer, autocast_dtype
 from rcca.models.attention import RCCA3D
 from rcca.models.build import build_model, to_channels_last
 from rcca.models.complexity import count_parameters, saved_tensor_bytes
 from rcca.models.nonlocal_block import NonLocal3D
 
+REPO = Path(__file__).resolve().parents[1]
 MIB = 2**20
 GIB = 2**30
 
@@ -87,6 +97,8 @@ TARGETS = {
     "saved for backward, RCCA-3D / non-local": 0.5,
     "peak memory, RCCA-3D / non-local": 0.5,
     "slowdown when busy, RCCA-3D / non-local": 1.5,
+    "trainer step / bare forward-backward-step loop": 1.03,
+    "quick-start with 1 busy process / quiet": 2.5,
 }
 # Scaling table: feature maps of C = 512 channels at these T x H x W.
 SCALING_CHANNELS = 512
@@ -328,6 +340,18 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
             )
 
     ratios = module_ratios(results, busy)
+    runs: dict[str, float] = {}
+    if args.runs and device.type == "cpu":
+        print(f"training loop: the quick-start model and recipe, {args.loop_steps} steps on one repeated batch")
+        loop = benchmark_training_loop(args.loop_steps, rounds=3)
+        print(f"  trainer {loop['trainer_s'] * 1e3:.1f} ms/step, bare loop {loop['bare_s'] * 1e3:.1f} ms/step")
+        print("quick-start `python train.py`, quiet, then with 1 other busy process:", flush=True)
+        quiet, loaded = time_quickstart(0), time_quickstart(1)
+        print(f"  {quiet:.0f} s, then {loaded:.0f} s")
+        runs = {"trainer_s_per_step": loop["trainer_s"], "bare_s_per_step": loop["bare_s"]}
+        runs |= {"quickstart_quiet_s": quiet, "quickstart_busy_s": loaded}
+        ratios["trainer step / bare forward-backward-step loop"] = loop["trainer_s"] / loop["bare_s"]
+        ratios["quick-start with 1 busy process / quiet"] = loaded / quiet
     print("ratios from this run (target where the README sets one):")
     for key, value in ratios.items():
         target = next((f"target <= {limit}" for figure, limit in TARGETS.items() if key.endswith(figure)), "")
@@ -338,6 +362,7 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
         "results": [asdict(r) for r in results],
         "scaling": [asdict(r) for r in scaling],
         "busy_slowdown": busy,
+        "runs": runs,
         "ratios": ratios,
     }
 
@@ -367,6 +392,98 @@ def module_ratios(results: list[ModuleResult], busy: dict[str, dict[str, float]]
                 slowdown["RCCA3D(R=3)"] / slowdown["NonLocal3D"]
             )
     return ratios
+
+
+# ---------------------------------------------------------------------------- training loop
+
+
+class RepeatedBatch(torch.utils.data.Dataset):
+    """`length` training items that are all the same clip and label, as the trainer's dataset gives them."""
+
+    def __init__(self, clip: torch.Tensor, label: int, length: int) -> None:
+        self.clip, self.label, self.length = clip, label, length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, key: tuple[int, int]) -> dict:
+        return {"clip": self.clip, "label": self.label, "failed": "", "reason": ""}
+
+
+def quickstart_trainer(steps: int, run_dir: Path) -> tuple[Trainer, DataLoader]:
+    """A Trainer of the quick-start model and recipe (`python train.py`) on `steps` batches of one repeated clip."""
+    cfg = compose_config([])
+    torch.manual_seed(0)
+    model = build_model(cfg.backbone, cfg.module, SYNTHETIC_CLASSES)
+    frames, size, batch = cfg.backbone.num_frames, cfg.data.crop_size, cfg.trainer.batch_size
+    dataset = RepeatedBatch(torch.randn(3, frames, size, size), 1, steps * batch)
+    loader = DataLoader(dataset, batch_size=batch, sampler=EpochSampler(len(dataset), shuffle=False))
+    trainer_cfg = replace(
+        OmegaConf.to_object(cfg.trainer),
+        epochs=1,
+        effective_batch_size=batch,
+        log_every=steps,
+        checkpoint_every=0,
+        progress=False,
+    )
+    optimizer_cfg = OmegaConf.to_object(cfg.optimizer)
+    trainer = Trainer(
+        model=model,
+        model_without_ddp=model,
+        train_loader=loader,
+        test_loader=loader,
+        class_names=[str(i) for i in range(SYNTHETIC_CLASSES)],
+        trainer_cfg=trainer_cfg,
+        optimizer_cfg=optimizer_cfg,
+        schedule_cfg=OmegaConf.to_object(cfg.schedule),
+        run_dir=run_dir,
+        config={},
+        device=torch.device("cpu"),
+    )
+    return trainer, loader
+
+
+def bare_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, clip_norm: float | None) -> None:
+    """The least a training epoch does: forward, cross-entropy, backward, clipping as configured, SGD step."""
+    model.train()
+    for batch in loader:
+        loss = nn.functional.cross_entropy(model(batch["clip"]), batch["label"])
+        loss.backward()
+        if clip_norm:
+            nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+
+def benchmark_training_loop(steps: int, rounds: int) -> dict[str, float]:
+    """Seconds per step of the trainer and of `bare_epoch` on the same batches, alternated `rounds` times (median)."""
+    with tempfile.TemporaryDirectory() as folder:
+        trainer, loader = quickstart_trainer(steps, Path(folder))
+        trainer.train_epoch()  # warm-up
+        bare_optimizer = build_optimizer(trainer.model_without_ddp, trainer.optimizer_cfg)
+        trainer_times, bare_times = [], []
+        for _ in range(rounds):
+            trainer.position.epoch = 0
+            start = time.perf_counter()
+            trainer.train_epoch()
+            trainer_times.append((time.perf_counter() - start) / steps)
+            start = time.perf_counter()
+            bare_epoch(trainer.model_without_ddp, loader, bare_optimizer, trainer.optimizer_cfg.clip_grad_norm)
+            bare_times.append((time.perf_counter() - start) / steps)
+    return {"trainer_s": statistics.median(trainer_times), "bare_s": statistics.median(bare_times)}
+
+
+def time_quickstart(busy: int) -> float:
+    """Wall seconds of `python train.py` (the quick-start, into a temporary folder) with `busy` other busy processes."""
+    with tempfile.TemporaryDirectory() as folder, busy_processes(busy):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, str(REPO / "train.py"), f"hydra.run.dir={folder}/run", "trainer.progress=false"],
+            cwd=REPO,
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------- data
@@ -613,6 +730,13 @@ def main(argv: list[str] | None = None) -> None:
     modules.add_argument("--warmup", type=int, default=1)
     modules.add_argument("--busy", type=int, default=2, help="other busy processes for the slowdown figure (0: skip)")
     modules.add_argument("--shrink", type=int, default=1, help="divide channels and sizes by this (a smoke test)")
+    modules.add_argument(
+        "--no-runs",
+        dest="runs",
+        action="store_false",
+        help="skip the CPU training figures (trainer overhead, quick-start quiet and busy: a few minutes)",
+    )
+    modules.add_argument("--loop-steps", type=int, default=10, help="steps per timed epoch of the training-loop figure")
     data = commands.add_parser("data", help="decord vs PyAV: loader throughput")
     data.add_argument("--videos", type=int, default=20)
     data.add_argument("--video-frames", type=int, default=90)

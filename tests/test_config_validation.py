@@ -69,6 +69,7 @@ BAD_VALUES = [
     ("trainer.batch_size=0", "trainer.batch_size=0: must be an integer >= 1"),
     ("trainer.batch_size=-4", "trainer.batch_size=-4: must be an integer >= 1"),
     ("trainer.num_workers=-1", "trainer.num_workers=-1: must be an integer >= 0"),
+    ("trainer.threads=0", "trainer.threads=0: must be an integer >= 1"),
     ("optimizer.lr=-0.1", "optimizer.lr=-0.1: must be a number > 0"),
     ("optimizer.lr=inf", "optimizer.lr=inf: must be a number > 0"),
     ("backbone.num_frames=0", "backbone.num_frames=0: must be an integer >= 1"),

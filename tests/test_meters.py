@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rcca.engine import meters
 from rcca.engine.meters import TrainingMeter
@@ -31,3 +32,21 @@ def test_reset_empties_the_sums_and_restarts_the_clock(monkeypatch):
     meter.reset()  # at 50 s
     assert (meter.clips, meter.loss, meter.top1, meter.top5, meter.data_wait) == (0, 0.0, 0.0, 0.0, 0.0)
     assert meter.elapsed() == pytest.approx(4.0)
+
+
+def test_tensor_updates_give_the_sums_of_their_values_as_numbers():
+    # What the trainer passes: float32 losses and integer hit counts, as tensors left where they were computed.
+    batches = [(torch.tensor(2.3, dtype=torch.float32), 1, 3, 4), (torch.tensor(0.7, dtype=torch.float32), 2, 2, 3)]
+    by_number, by_tensor = TrainingMeter(), TrainingMeter()
+    for loss, correct1, correct5, clips in batches:
+        by_number.update(loss=loss.item(), correct1=correct1, correct5=correct5, clips=clips, data_wait=0.0)
+        by_tensor.update(
+            loss=loss, correct1=torch.tensor(correct1), correct5=torch.tensor(correct5), clips=clips, data_wait=0.0
+        )
+        # Read after each update: a value read once is not kept past the next update.
+        assert (by_tensor.loss, by_tensor.correct1, by_tensor.correct5) == (
+            by_number.loss,
+            by_number.correct1,
+            by_number.correct5,
+        )
+    assert (by_tensor.clips, by_tensor.top1, by_tensor.top5) == (7, pytest.approx(300 / 7), pytest.approx(500 / 7))

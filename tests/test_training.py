@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -28,6 +29,7 @@ from rcca.engine.resuming import resume_checkpoint
 from rcca.engine.runtime import leave_outputs_to_rank_zero
 from rcca.engine.trainer import Trainer, TrainingDiverged, TrainingStopped, accumulation_steps, work_after_epoch
 from rcca.errors import UserError
+from rcca.models.attention import RCCA3D
 from rcca.models.build import build_model, to_channels_last
 from rcca.progress import Ahead
 
@@ -103,7 +105,7 @@ def one_update(
     )
     assert trainer.scaler.is_enabled() == (amp == "fp16")
     trainer.updates_per_epoch = 1
-    trainer._train_epoch()
+    trainer.train_epoch()
     assert trainer.position.step == 1
     return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
@@ -180,7 +182,11 @@ def test_channels_last_keeps_outputs_and_gradients(device, backbone, full_float3
     model.zero_grad()
 
     to_channels_last(model)
-    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))]
+    # RCCA-3D applies its convolutions' weights itself, channels-last: its output is watched instead.
+    contexts = [m for m in model.modules() if isinstance(m, RCCA3D)]
+    inside = {id(m) for context in contexts for m in context.modules()}
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d)) and id(m) not in inside]
+    convs += contexts
     layouts = []  # whether each convolution's output came out channels-last: the layout really ran
     for conv in convs:
         conv.register_forward_hook(
@@ -554,6 +560,149 @@ def test_training_logs_scalars_and_gammas_by_parameter_name(tmp_path, caplog):
     assert ("gamma/attention.gamma", 0.5, 4) in writer.scalars
     assert ("val/top1", metrics["top1"], 8) in writer.scalars
     assert "epoch 1, update 4: loss" in caplog.text and "epoch 1, update 8: loss" in caplog.text
+
+
+class RecordingClassifier(LinearClassifier):
+    """LinearClassifier that keeps the clips and logits of its training forward passes, in order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x):
+        logits = super().forward(x)
+        if self.training:
+            self.seen.append((x.detach().clone(), logits.detach().clone()))
+        return logits
+
+
+def test_logged_training_averages_are_those_of_the_micro_batches_since_the_last_log_point(tmp_path):
+    # 2 micro-batches per update, 8 updates per epoch, a log point every 3 updates: 3 and 6, then 9, 12 and 15.
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(len(dataset), shuffle=True))
+    writer = RecordingWriter()
+    model = RecordingClassifier()
+    cfg = TrainerConfig(epochs=2, batch_size=2, effective_batch_size=4, log_every=3, progress=False)
+    cpu_trainer(loader, tmp_path, cfg, model=model, writer=writer).fit()
+    # Brute force over the micro-batches the model saw: each one's labels found by its clips.
+    rows = dataset.x.flatten(1)
+    expected, interval = {}, []
+    for number, (clips, logits) in enumerate(model.seen, start=1):
+        labels = dataset.y[[int((rows == clip).all(dim=1).nonzero()) for clip in clips.flatten(1)]]
+        loss = nn.functional.cross_entropy(logits, labels).item()
+        interval.append((loss * len(labels), int((logits.argmax(dim=1) == labels).sum()), len(labels)))
+        step = number // 2
+        if number % 2 == 0 and step % 3 == 0:  # a log point: the averages of the interval's clips
+            clip_count = sum(n for _, _, n in interval)
+            expected[step] = (
+                sum(x for x, _, _ in interval) / clip_count,
+                100 * sum(c for _, c, _ in interval) / clip_count,
+            )
+            interval = []
+        if number % 16 == 0:  # an epoch's end: the next interval starts with the next epoch
+            interval = []
+    logged = {
+        tag: {step: value for name, value, step in writer.scalars if name == tag}
+        for tag in ("train/loss", "train/top1")
+    }
+    assert sorted(expected) == sorted(logged["train/loss"]) == [3, 6, 9, 12, 15]
+    for step, (loss, top1) in expected.items():
+        assert logged["train/loss"][step] == pytest.approx(loss, rel=1e-12, abs=0), step
+        assert logged["train/top1"][step] == pytest.approx(top1, rel=1e-12, abs=0), step
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")  # what waits for a GPU to finish
+
+
+def test_a_micro_batch_reads_nothing_back_from_the_device(tmp_path, monkeypatch):
+    # Losses and hits are read at log points, and whether the losses are finite once per update: never per batch.
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(len(dataset), shuffle=True))
+    cfg = TrainerConfig(epochs=1, batch_size=2, effective_batch_size=8, log_every=2, progress=False)
+    trainer = cpu_trainer(loader, tmp_path, cfg)
+    train_batch = trainer._train_batch
+
+    def refuse(name: str):
+        def read(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} in a training micro-batch")
+
+        return read
+
+    def train_batch_without_reads(*args, **kwargs) -> None:
+        with monkeypatch.context() as patch:
+            for name in HOST_READS:
+                patch.setattr(torch.Tensor, name, refuse(name))
+            train_batch(*args, **kwargs)
+
+    trainer._train_batch = train_batch_without_reads
+    trainer.fit()
+    assert trainer.position.step == 4
+
+
+class NanAtFetch(PointsDataset):
+    """PointsDataset whose item fetched as number `nan_at` (from 0) is all NaN."""
+
+    def __init__(self, nan_at: int) -> None:
+        super().__init__()
+        self.nan_at, self.fetched = nan_at, 0
+
+    def __getitem__(self, key):
+        item = super().__getitem__(key)
+        if self.fetched == self.nan_at:
+            item = {**item, "clip": torch.full_like(item["clip"], float("nan"))}
+        self.fetched += 1
+        return item
+
+
+def test_a_non_finite_loss_in_the_last_micro_batch_of_an_update_stops_it_before_its_step(tmp_path):
+    # Update 2 is micro-batches 3 and 4 (items 4-7): item 6 makes micro-batch 4's loss NaN after a finite one.
+    loader = DataLoader(NanAtFetch(6), batch_size=2, sampler=EpochSampler(32, shuffle=True))
+    cfg = TrainerConfig(epochs=1, batch_size=2, effective_batch_size=4, log_every=1000, progress=False)
+    trainer = cpu_trainer(loader, tmp_path, cfg)
+    with pytest.raises(TrainingDiverged, match=r"^loss is nan .* at update 2 \(epoch 1\); saved the last state with"):
+        trainer.fit()
+    assert trainer.position.step == 1
+    assert all(torch.isfinite(p).all() for p in trainer.model_without_ddp.parameters())  # no step on NaN gradients
+    assert (
+        torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 0
+    )  # the forwards of update 1 were finite there
+
+
+def test_divergence_saves_exactly_the_state_of_the_last_finite_update(tmp_path):
+    # Update 3 (micro-batches 5 and 6, items 8-11) meets a NaN at weights after update 2; the state to save is
+    # the boundary before update 2's step, i.e. after update 1: weights, momentum, schedule, position and RNG.
+    def trainer_on(dataset: PointsDataset, folder: Path) -> Trainer:
+        loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(32, shuffle=True))
+        cfg = TrainerConfig(epochs=1, batch_size=2, effective_batch_size=4, log_every=1000, progress=False)
+        return cpu_trainer(loader, folder, cfg)
+
+    torch.manual_seed(0)
+    diverging = trainer_on(NanAtFetch(10), tmp_path)
+    with pytest.raises(
+        TrainingDiverged, match=r"at update 3 \(epoch 1\); saved the last state with finite losses \(update 1\)"
+    ):
+        diverging.fit()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+
+    torch.manual_seed(0)
+    reference = trainer_on(NanAtFetch(-1), tmp_path / "reference")
+    reference.updates_per_epoch = 1
+    reference.train_epoch()
+    expected = reference.checkpoint().to_dict()
+    assert saved["step"] == expected["step"] == 1
+    for key in ("model", "optimizer", "scheduler", "rng"):
+        assert identical(saved[key], expected[key]), key
+
+
+def identical(a: object, b: object) -> bool:
+    """Equal nested dicts, lists and values, with tensors equal element for element (numpy arrays too)."""
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(identical(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return isinstance(b, (list, tuple)) and len(a) == len(b) and all(map(identical, a, b))
+    if isinstance(a, (torch.Tensor, np.ndarray)):
+        return torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    return a == b
 
 
 class ViewsWithFailure(ViewsDataset):

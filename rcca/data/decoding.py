@@ -83,12 +83,15 @@ def read_frames_decord(path: Path, choose_indices: IndexChooser) -> Tensor:
 
 
 def read_frames_pyav(path: Path, choose_indices: IndexChooser) -> Tensor:
-    """Decode the video sequentially with PyAV, keeping the chosen frames."""
+    """Decode the video sequentially with PyAV (one thread: parallelism comes from workers), keeping the chosen
+    frames."""
     import av
 
     try:
         with av.open(str(path)) as container:
-            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+            stream = container.streams.video[0]
+            stream.thread_count = 1  # PyAV's default (0) lets FFmpeg start a thread per core in every worker
+            decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
     except (av.error.FFmpegError, ValueError, IndexError) as error:
         raise DecodeError(f"{path}: PyAV failed: {error}") from None
     if not decoded:

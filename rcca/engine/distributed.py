@@ -124,11 +124,18 @@ def gather_lists(items: list) -> list:
     return [item for part in gathered for item in part]
 
 
-def any_process(flag: bool, device: torch.device) -> bool:
-    """True on every process when `flag` is true on at least one (e.g. a stop signal reached one rank)."""
+def any_process(flag: bool | torch.Tensor, device: torch.device) -> bool:
+    """True on every process when `flag` is true on at least one (e.g. a stop signal reached one rank).
+
+    A tensor flag (one boolean, e.g. computed on the GPU) is combined on `device` before it is read: one wait for
+    the device per call.
+    """
     if not is_distributed():
-        return flag
-    tensor = torch.tensor([int(flag)], device=device)
+        return bool(flag)
+    if isinstance(flag, torch.Tensor):
+        tensor = flag.reshape(1).to(device=device, dtype=torch.int32)
+    else:
+        tensor = torch.tensor([int(flag)], device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return bool(tensor.item())
 

@@ -1,8 +1,8 @@
 """Continuing a run: which checkpoint, which settings may change on the way, and the command that does it.
 
 A resumed run builds everything from the config it is given, then loads the checkpoint. Settings
-that only steer the rest of the run (LR and schedule, epochs, logging, workers, checkpoint
-frequency, devices and precision, test views, where the data lives) may differ from the
+that only steer the rest of the run (LR and schedule, epochs, logging, workers and threads,
+checkpoint frequency, devices and precision, test views, where the data lives) may differ from the
 checkpoint's: they are applied, logged and kept in the checkpoint's `config_history`. Any other
 difference (architecture, dataset, its lists and split, input size, batch sizes, seed) would make
 the continued run something else, and stops it before any work. (`dataset.exclude` may change: a
@@ -38,6 +38,7 @@ RESUMABLE = (
     "test.",
     "trainer.epochs",
     "trainer.num_workers",
+    "trainer.threads",
     "trainer.data_timeout",
     "trainer.device",
     "trainer.eval_every",

@@ -1,7 +1,8 @@
-"""Run set-up shared by training and testing: checked config, device, process group, seed, run folder.
+"""Run set-up shared by training and testing: checked config, device, process group, threads, seed, run folder.
 
 `start_run` turns a composed config into a `Runtime`, the few facts every later step needs, and
-decides once whether progress bars are drawn (rank 0, a terminal, `trainer.progress`).
+decides once whether progress bars are drawn (rank 0, a terminal, `trainer.progress`) and how many
+CPU threads this process computes with (`apply_thread_policy`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,9 +21,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from rcca.config import Config, validate_config
-from rcca.engine.distributed import broadcast_object, init_distributed, is_main_process
+from rcca.engine.distributed import broadcast_object, gather_lists, init_distributed, is_main_process
 from rcca.engine.files import LOCK_NAME, RunFolderLock, held_by_this_process
 from rcca.errors import UserError
+from rcca.progress import count_of
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +78,108 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def available_cores() -> frozenset[int]:
+    """The CPU cores this process may run on: its affinity (taskset, a container's or SLURM's binding) where the
+    system tells it, else all of the machine's."""
+    if hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))
+
+
+def processes_sharing(cores: frozenset[int]) -> int:
+    """How many processes of the run, this one included, run on this machine and may use one of `cores`.
+
+    torchrun's processes share the machine's cores (the local world size); SLURM tasks bound to cores
+    of their own share none. Collective: every process of the run calls it.
+
+    Args:
+        cores: this process's cores (`available_cores`).
+
+    Returns:
+        1 for a single process.
+    """
+    host = socket.gethostname()
+    everyone = gather_lists([(host, sorted(cores))])
+    return sum(1 for other_host, theirs in everyone if other_host == host and not cores.isdisjoint(theirs))
+
+
+def intra_op_threads(requested: int | None, *, cores: int, workers: int, processes: int = 1) -> int:
+    """The intra-op CPU threads of one process: `trainer.threads` when set, else its share of the cores
+    less its data workers, at least 1.
+
+    The automatic count keeps a process's threads and data workers within its share of the cores: on a
+    machine with any other load, more threads than cores leave each GEMM waiting at OpenMP barriers for a
+    thread that is not running (training many times slower). A data worker decodes with one thread and
+    computes with one (see `apply_thread_policy`), so it counts as one core.
+
+    Args:
+        requested: `trainer.threads`, or None for automatic.
+        cores: the cores this process may run on (`available_cores`).
+        workers: this process's data worker processes (`trainer.num_workers`).
+        processes: the run's processes that share those cores, this one included (`processes_sharing`).
+
+    Returns:
+        E.g. 1 for 2 cores and 2 workers; 4 for 16 cores shared by 2 processes of 4 workers each.
+    """
+    if requested is not None:
+        return requested
+    return max(1, cores // processes - workers)
+
+
+def apply_thread_policy(requested: int | None, workers: int) -> int:
+    """Set this process's intra-op threads (`intra_op_threads`) and return them; collective, logged on rank 0.
+
+    Logs one line, and a warning when an explicit `trainer.threads` with the data workers oversubscribes
+    the cores. `OMP_NUM_THREADS` (and torchrun's default of 1) is overridden: `trainer.threads` says it.
+
+    The rest of the process tree needs nothing set here: torch's DataLoader sets one intra-op thread in
+    each worker it starts (`torch.set_num_threads(1)` in torch/utils/data/_utils/worker.py), and
+    `rcca.data.decoding` decodes with one thread (decord's `num_threads=1`, PyAV's `thread_count = 1`).
+    Inter-op threads are left as torch starts them: eager training and evaluation give that pool no work
+    (`torch.jit.fork` and the like do; its idle threads sleep, they do not spin), and
+    `torch.set_num_interop_threads` raises once parallel work has started or on a second call (a sweep's
+    second job in the same process).
+
+    Args:
+        requested: `trainer.threads` (None: automatic).
+        workers: `trainer.num_workers`.
+
+    Returns:
+        The intra-op threads now set.
+    """
+    cores = available_cores()
+    processes = processes_sharing(cores)
+    threads = intra_op_threads(requested, cores=len(cores), workers=workers, processes=processes)
+    torch.set_num_threads(threads)
+    if not is_main_process():
+        return threads
+    each = f" in each of {count_of(processes, 'process')}" if processes > 1 else ""
+    setting = "null: automatic" if requested is None else str(requested)
+    log.info(
+        "threads: %d intra-op + %s%s on %s (trainer.threads=%s)",
+        threads,
+        count_of(workers, "data worker"),
+        each,
+        count_of(len(cores), "core"),
+        setting,
+    )
+    automatic = intra_op_threads(None, cores=len(cores), workers=workers, processes=processes)
+    if threads > automatic:  # only an explicit trainer.threads gives more
+        log.warning(
+            "trainer.threads=%d + trainer.num_workers=%d exceed the %s of this process%s: on a busy machine its "
+            "threads wait for each other; set trainer.threads=null (%d here) or lower trainer.num_workers",
+            threads,
+            workers,
+            count_of(len(cores) // processes, "core"),
+            f" ({len(cores)} shared by {processes} processes)" if processes > 1 else "",
+            automatic,
+        )
+    return threads
+
+
 def start_run(cfg: Config, run_dir: Path) -> Runtime:
-    """Check the config, pick the device, join the process group and seed: the start of both pipelines.
+    """Check the config, pick the device, join the process group, set the threads and seed: the start of both
+    pipelines.
 
     On ranks other than 0, logging drops to warnings and the folder Hydra made for this process goes
     (rank 0's folder is the run's: Hydra clocks may differ between processes).
@@ -88,6 +191,7 @@ def start_run(cfg: Config, run_dir: Path) -> Runtime:
         device = torch.device("cuda", gpu)
         torch.backends.cudnn.benchmark = cfg.trainer.cudnn_benchmark
     shared_dir = Path(broadcast_object(str(run_dir)))
+    apply_thread_policy(cfg.trainer.threads, cfg.trainer.num_workers)
     seed_everything(cfg.seed)
     if rank != 0:
         logging.getLogger().setLevel(logging.WARNING)  # rank 0 reports progress for all

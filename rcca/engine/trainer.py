@@ -182,6 +182,7 @@ class Trainer:
         self._stop_signal: int | None = None  # the stop signal this process received
         self._previous_handlers: dict[int, object] = {}  # what handled each stop signal before `fit` (a scheduler's)
         self._validation_s: float | None = None  # how long the last validation of this process took
+        self._update_loss_sum: Tensor | None = None  # float64 sum of the current update's micro-batch losses so far
         self._mark_update_boundary()
 
     def _plan_updates(self) -> tuple[int, int]:
@@ -332,7 +333,7 @@ class Trainer:
                     raise self._stopped()
             if self.position.epoch >= self.cfg.epochs:
                 return metrics or self.validate()  # a resumed run that had already finished still reports
-            self._train_epoch()
+            self.train_epoch()
             if any_process(self.stop_requested, self.device):  # a signal may reach one rank after the last update
                 raise self._stopped()
             self.save("last.pt")  # the epoch is safe before validation starts
@@ -402,7 +403,7 @@ class Trainer:
         """Save the last state whose losses were finite as last.pt.
 
         Args:
-            loss: the non-finite loss.
+            loss: this process's loss (the update's mean micro-batch loss): non-finite unless another process's was.
 
         Returns:
             The exception to raise, which says how to go on from that state.
@@ -435,12 +436,13 @@ class Trainer:
         self.stop_requested = True
         self._stop_signal = signum
 
-    def _train_epoch(self) -> None:
+    def train_epoch(self) -> None:
         """Train the rest of the current epoch, or up to a stop request (then `position.epoch` stays)."""
         self.model.train()
         position = self.position
         self.train_loader.sampler.set_epoch(position.epoch, start=position.batches_in_epoch * self.cfg.batch_size)
         self._mark_update_boundary()
+        self._update_loss_sum = None
         total = self.updates_per_epoch * self.accumulation  # the last incomplete accumulation group is not used
         batches = track(
             itertools.islice(self.train_loader, total - position.batches_in_epoch),
@@ -498,14 +500,17 @@ class Trainer:
         self.stop_requested = any_process(self.stop_requested, self.device)  # all ranks stop together
         return self.stop_requested
 
-    def _micro_step(self, batch: dict) -> tuple[float, int, int]:
+    def _micro_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
         """Forward and backward one micro-batch; DDP syncs gradients only on the last of a group.
+
+        Nothing is read back to the host: the loss and hits stay on the device (the meter reads them at log
+        points), and whether the loss is finite is checked once per update, before its step (`_check_losses`).
 
         Args:
             batch: `clip` N x C x T x H x W and `label` N.
 
         Returns:
-            (mean loss, clips with the label top-1, clips with the label in the top 5).
+            (mean loss, clips with the label top-1, clips with the label in the top 5), tensors on the device.
         """
         clips = batch["clip"].to(self.device, non_blocking=True)
         labels = batch["label"].to(self.device, non_blocking=True)
@@ -515,14 +520,30 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None):
                 logits = self.model(clips)
                 loss = nn.functional.cross_entropy(logits.float(), labels)
-            if any_process(not torch.isfinite(loss).item(), self.device):  # every rank stops, none waits in backward
-                raise self._diverged(loss.item())
-            self.scaler.scale(loss / self.accumulation).backward()
-        logits = logits.detach()
-        return loss.item(), int(topk_correct(logits, labels, 1).sum()), int(topk_correct(logits, labels, 5).sum())
+            self.scaler.scale(loss / self.accumulation).backward()  # a non-finite loss only spoils gradients not used
+        loss, logits = loss.detach(), logits.detach()
+        losses = self._update_loss_sum
+        self._update_loss_sum = loss.double() if losses is None else losses + loss.double()  # NaN or inf stays
+        return loss, topk_correct(logits, labels, 1).sum(), topk_correct(logits, labels, 5).sum()
+
+    def _check_losses(self) -> None:
+        """Before an update's step: raise `TrainingDiverged` on every process when a loss of the update was not
+        finite on any of them (one all-reduce, with several processes, and one read from the device per update).
+
+        Every process runs the update's forward and backward passes to the end first, so none waits for another
+        in DDP's gradient all-reduce; the step is not applied.
+        """
+        losses, self._update_loss_sum = self._update_loss_sum, None
+        if losses is not None and any_process(~torch.isfinite(losses), self.device):
+            raise self._diverged(losses.item() / self.accumulation)
 
     def _update(self) -> None:
-        """One optimizer step on the accumulated gradients (unscaled and clipped as configured), and the LR's."""
+        """One optimizer step on the accumulated gradients (unscaled and clipped as configured), and the LR's.
+
+        Raises:
+            TrainingDiverged: a loss of this update was not finite (on this process or another); no step is taken.
+        """
+        self._check_losses()
         self._remember_verified_state()
         if self.optimizer_cfg.clip_grad_norm:
             self.scaler.unscale_(self.optimizer)

@@ -30,6 +30,7 @@ IGNORED_KEYS = frozenset(
         "results_dir",
         "name",
         "trainer.num_workers",
+        "trainer.threads",
         "trainer.device",
         "trainer.progress",
         "trainer.log_every",
