@@ -18,6 +18,7 @@ Without progress bars, the plain progress lines of an epoch also give the run's 
 from __future__ import annotations
 
 import contextlib
+import copy
 import itertools
 import logging
 import signal
@@ -37,7 +38,6 @@ from rcca.engine.checkpoints import (
     TrainingPosition,
     TrainingState,
     rng_state,
-    save_checkpoint,
     set_rng_state,
 )
 from rcca.engine.distributed import any_process, gather_lists, is_distributed, is_main_process, reduce_mean
@@ -95,6 +95,22 @@ class TrainingStopped(Exception):
         self.signum = signum
         self.previous_handler = previous_handler
         self.resume = resume
+
+
+@dataclass
+class _VerifiedState:
+    """The last update boundary at whose weights every forward was finite: what a divergence saves.
+
+    `tensors` (rank 0 only, else empty) are copies of `Trainer._stepped_state()`: the parameters, then
+    the optimizer's state tensors at `optimizer_places`.
+    """
+
+    boundary: _UpdateBoundary
+    step: int
+    tensors: list[Tensor]
+    optimizer_places: list[tuple[Tensor, str]]
+    scheduler: dict
+    scaler: dict
 
 
 @dataclass
@@ -166,6 +182,7 @@ class Trainer:
         self.progress_bars = progress_bars
         self.model = model
         self.model_without_ddp = model_without_ddp
+        self._parameters = list(model_without_ddp.parameters())
         self.accumulation, self.updates_per_epoch = self._plan_updates()
         self.optimizer = build_optimizer(model_without_ddp, optimizer_cfg)
         self.scheduler = build_scheduler(self.optimizer, schedule_cfg, self.updates_per_epoch)
@@ -176,8 +193,7 @@ class Trainer:
         self.position = TrainingPosition()
         self.config_history: list[dict] = []  # settings changed on resume: {"step", "epoch", "changes"}
         self.failed_train: dict[str, str] = {}  # undecodable training videos seen by this process: reason
-        self._verified: dict | None = None  # on-disk form of the last state whose losses were all finite (rank 0)
-        self._verified_step = -1  # its update count, on every rank
+        self._verified: _VerifiedState | None = None  # the last state whose losses were all finite
         self.stop_requested = False  # on any process (after the next check)
         self._stop_signal: int | None = None  # the stop signal this process received
         self._previous_handlers: dict[int, object] = {}  # what handled each stop signal before `fit` (a scheduler's)
@@ -374,12 +390,61 @@ class Trainer:
         checkpoint.training = replace(checkpoint.training, position=replace(boundary.position), rng=boundary.rng)
         return checkpoint
 
+    def _stepped_state(self) -> tuple[list[Tensor], list[tuple[Tensor, str]]]:
+        """What an optimizer step changes in place: the parameters, and the optimizer's state tensors with
+        their (parameter, key) places."""
+        state = self.optimizer.state
+        places = [
+            (parameter, key)
+            for parameter in self._parameters
+            for key, value in state.get(parameter, {}).items()
+            if isinstance(value, Tensor)
+        ]
+        return [p.detach() for p in self._parameters] + [state[p][key] for p, key in places], places
+
     def _remember_verified_state(self) -> None:
         """Just before an optimizer step: every forward since the last update was finite at these weights,
         so this update boundary is a state from which training can go on (with a lower LR if it diverges).
-        Only rank 0, which writes checkpoints, keeps the copy."""
-        self._verified = _detached_copy(self._boundary_checkpoint().to_dict()) if is_main_process() else {}
-        self._verified_step = self.position.step
+
+        Only rank 0, which writes checkpoints, keeps copies: of the tensors the step changes, refreshed in
+        place in buffers kept from one update to the next, and of the small schedule and scaler states.
+        """
+        previous = self._verified
+        copies: list[Tensor] = []
+        places: list[tuple[Tensor, str]] = []
+        if is_main_process():
+            tensors, places = self._stepped_state()
+            reusable = previous is not None and [t.shape for t in previous.tensors] == [t.shape for t in tensors]
+            if reusable:
+                copies = previous.tensors
+                torch._foreach_copy_(copies, tensors)
+            else:
+                copies = [t.detach().clone() for t in tensors]
+        self._verified = _VerifiedState(
+            boundary=self._boundary,
+            step=self.position.step,
+            tensors=copies,
+            optimizer_places=places,
+            scheduler=copy.deepcopy(self.scheduler.state_dict()),
+            scaler=copy.deepcopy(self.scaler.state_dict()),
+        )
+
+    def _return_to_verified_state(self) -> None:
+        """Put the verified state back in place (rank 0): weights, optimizer state, schedule, scaler, boundary."""
+        verified = self._verified
+        parameters = [p.detach() for p in self._parameters]
+        torch._foreach_copy_(parameters, verified.tensors[: len(parameters)])
+        state_copies = verified.tensors[len(parameters) :]
+        kept = {id(p): p for p, _ in verified.optimizer_places}
+        for parameter in list(self.optimizer.state):
+            if id(parameter) not in kept:  # no state yet at the verified boundary (its first step came later)
+                del self.optimizer.state[parameter]
+        for (parameter, key), value in zip(verified.optimizer_places, state_copies, strict=True):
+            self.optimizer.state[parameter][key] = value
+        self.scheduler.load_state_dict(verified.scheduler)
+        if self.scaler.is_enabled():
+            self.scaler.load_state_dict(verified.scaler)
+        self._boundary = verified.boundary
 
     def _stopped(self) -> TrainingStopped:
         """Save last.pt as of the last complete update (a resumed run repeats nothing and skips nothing).
@@ -416,12 +481,13 @@ class Trainer:
                 "check init_from / resume and the inputs"
             )
         if is_main_process():
-            save_checkpoint(self._verified, self.run_dir / "last.pt")
+            self._return_to_verified_state()
+            self._boundary_checkpoint().save(self.run_dir / "last.pt")
         if is_distributed():
             torch.distributed.barrier()  # no rank exits (and gets the job killed) before the file is written
         command = self.continue_command({"optimizer.lr": "<lower>"})
         return TrainingDiverged(
-            f"{where}; saved the last state with finite losses (update {self._verified_step}) as "
+            f"{where}; saved the last state with finite losses (update {self._verified.step}) as "
             f"{self.run_dir / 'last.pt'}; continue from it with a lower LR: {command}"
         )
 
@@ -729,14 +795,3 @@ def accumulation_steps(effective_batch_size: int, batch_size: int, world_size: i
             f"= {batch_size} x {world_size}: choose sizes that divide exactly"
         )
     return effective_batch_size // per_round
-
-
-def _detached_copy(value: object) -> object:
-    """A copy of nested dicts, lists and tuples whose tensors are cloned (they change in place during training)."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().clone()
-    if isinstance(value, dict):
-        return {key: _detached_copy(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_detached_copy(item) for item in value)
-    return value
