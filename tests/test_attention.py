@@ -126,9 +126,10 @@ def test_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int, gamma: f
     """Numerical Jacobians (float64) of gamma x CCA-3D w.r.t. q, k, v and gamma, at gamma = 0 too."""
     torch.manual_seed(n + t + h + w)
     inner, value = 2, 3
-    qkv = torch.randn(n, t, h, w, 2 * inner + value, dtype=torch.float64, requires_grad=True)
+    qk = torch.randn(n, t, h, w, 2 * inner, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(n, t, h, w, value, dtype=torch.float64, requires_grad=True)
     scale = torch.tensor(gamma, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, g: CrissCrossFunction.apply(a, g, inner), (qkv, scale))
+    assert torch.autograd.gradcheck(CrissCrossFunction.apply, (qk, v, scale))
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True])
@@ -168,8 +169,8 @@ def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:
 def test_autocast_keeps_the_softmax_in_float32(device: str, dtype: torch.dtype) -> None:
     """Under autocast the products run in the low precision, the softmax and the attention in float32."""
     torch.manual_seed(0)
-    qkv = torch.randn(1, 3, 4, 5, 12, device=device).to(dtype)
-    out, attention = criss_cross_attention(qkv, 2)
+    qk, v = (torch.randn(1, 3, 4, 5, c, device=device).to(dtype) for c in (4, 8))
+    out, attention = criss_cross_attention(qk, v)
     assert out.dtype == dtype and attention.dtype == torch.float32
     assert torch.allclose(attention.sum(-1), torch.ones(1, 3, 4, 5, device=device))
     module = RCCA3D(16, gamma_init=0.5).to(device)

@@ -7,11 +7,11 @@ position itself counted once. Nothing of size THW x THW is ever built: the three
 affinity maps are T, H and W wide, so memory is O(THW (T + H + W)).
 
 How it is computed. The module works channels-last (N x T x H x W x C, the layout of
-`torch.channels_last_3d`): the query, key and value maps come from one matrix product
-of the input with the three stacked 1x1x1 weights, and along every axis the lines are
-a batch of small matrices of that layout, so each affinity or aggregation over one axis
-is one batched matrix product (`line_affinities`, `line_aggregate`). The backward pass
-is written out (`CrissCrossFunction`): it saves the q, k, v map and the attention
+`torch.channels_last_3d`): the query and key maps come from one matrix product of the
+input with their stacked 1x1x1 weights, the value map from another, and along every axis
+the lines are a batch of small matrices of that layout, so each affinity or aggregation
+over one axis is one batched matrix product (`line_affinities`, `line_aggregate`). The
+backward pass is written out (`CrissCrossFunction`): it saves q, k, v and the attention
 weights only, and issues the same few batched products, so no gradient arrives in a
 layout that the matrix kernels would have to copy one small matrix at a time. With
 `memory_efficient=True` an RCCA-3D keeps only the input of each recurrence and
@@ -104,24 +104,23 @@ def mask_self_positions(energy: Tensor, t: int, h: int) -> Tensor:
     return energy
 
 
-def criss_cross_attention(qkv: Tensor, inner_channels: int) -> tuple[Tensor, Tensor]:
-    """CCA-3D on a channels-last q, k, v map (Eq. 1-3): the aggregated map and the attention.
+def criss_cross_attention(qk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """CCA-3D on channels-last maps (Eq. 1-3): the aggregated map and the attention weights.
 
-    qkv: N x T x H x W x (2 C' + C_v), the query, key and value channels in that order.
-    Returns out (N x T x H x W x C_v, dtype of qkv) and the attention weights
+    qk: N x T x H x W x 2C', the query channels then the key channels; v: N x T x H x W x C_v.
+    Returns out (N x T x H x W x C_v, dtype of v) and the attention weights
     (N x T x H x W x (T + H + W), at least float32, zero at the two masked self-positions). The
-    softmax is taken in float32 whatever the dtype of qkv.
+    softmax is taken in float32 whatever the dtype of the maps.
     """
-    q, k, v = qkv.split((inner_channels, inner_channels, qkv.shape[-1] - 2 * inner_channels), dim=-1)
-    _, t, h, _, _ = qkv.shape
+    q, k = qk.chunk(2, dim=-1)
+    _, t, h, _, _ = qk.shape
     energy = mask_self_positions(line_affinities(q, k), t, h)
     attention = torch.softmax(energy, dim=-1)  # one joint softmax over the T + H + W candidates (Eq. 2)
-    out = line_aggregate(attention, v)
-    return out, attention
+    return line_aggregate(attention, v), attention
 
 
 class CrissCrossFunction(torch.autograd.Function):
-    """gamma x CCA-3D(q, k, v) with a written-out backward pass that saves only qkv and the attention.
+    """gamma x CCA-3D(q, k, v) with a written-out backward pass that saves only q, k, v and the attention.
 
     Forward: out = gamma * sum_j A_j v_j over the line positions j of each query (Eq. 3),
     with A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
@@ -135,34 +134,32 @@ class CrissCrossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, qkv: Tensor, gamma: Tensor, inner_channels: int) -> Tensor:
-        with torch.autocast(qkv.device.type, enabled=False):
-            out, attention = criss_cross_attention(qkv, inner_channels)
+    def forward(ctx: Any, qk: Tensor, v: Tensor, gamma: Tensor) -> Tensor:
+        with torch.autocast(qk.device.type, enabled=False):
+            out, attention = criss_cross_attention(qk, v)
             out.mul_(gamma.to(out.dtype))
-        ctx.save_for_backward(qkv, attention, gamma)
-        ctx.inner_channels = inner_channels
+        ctx.save_for_backward(qk, v, attention, gamma)
         return out
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
-        qkv, attention, gamma = ctx.saved_tensors
-        c = ctx.inner_channels
-        with torch.autocast(qkv.device.type, enabled=False):
-            grad = grad.to(qkv.dtype).contiguous()
-            q, k, v = qkv.split((c, c, qkv.shape[-1] - 2 * c), dim=-1)
-            grad_qkv = torch.empty_like(qkv)
-            grad_q, grad_k, grad_v = grad_qkv.split((c, c, v.shape[-1]), dim=-1)
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        qk, v, attention, gamma = ctx.saved_tensors
+        with torch.autocast(qk.device.type, enabled=False):
+            grad = grad.to(v.dtype).contiguous()
+            q, k = qk.chunk(2, dim=-1)
+            grad_qk = torch.empty_like(qk)
+            grad_q, grad_k = grad_qk.chunk(2, dim=-1)
             products = line_affinities(grad, v)  # D
             grad_gamma = None
-            if ctx.needs_input_grad[1]:  # sum over queries of s = sum_j A_j D_j
+            if ctx.needs_input_grad[2]:  # sum over queries of s = sum_j A_j D_j
                 grad_gamma = torch.vdot(attention.flatten(), products.flatten()).to(gamma.dtype)
             # dE = gamma A (D - s): the softmax's own backward kernel, one pass.
             grad_energy = torch._softmax_backward_data(products, attention, -1, attention.dtype)
             grad_energy.mul_(gamma.to(grad_energy.dtype))
-            line_aggregate(attention, grad, grad_v, transpose=True).mul_(gamma.to(grad.dtype))
+            grad_v = line_aggregate(attention, grad, transpose=True).mul_(gamma.to(grad.dtype))
             line_aggregate(grad_energy, k, grad_q)
             line_aggregate(grad_energy, q, grad_k, transpose=True)
-        return grad_qkv, grad_gamma, None
+        return grad_qk, grad_v, grad_gamma
 
 
 class CrissCrossAttention3D(nn.Module):
@@ -178,7 +175,7 @@ class CrissCrossAttention3D(nn.Module):
     `forward_channels_last`: input N x T x H x W x C, output N x T x H x W x value_channels.
     """
 
-    applies_children = ("query", "key", "value")  # their weights are applied as one stacked product
+    applies_children = ("query", "key", "value")  # their weights are applied as matrix products
 
     def __init__(self, channels: int, inner_channels: int, value_channels: int | None = None) -> None:
         super().__init__()
@@ -187,22 +184,18 @@ class CrissCrossAttention3D(nn.Module):
         self.key = nn.Conv3d(channels, inner_channels, kernel_size=1)
         self.value = nn.Conv3d(channels, value_channels, kernel_size=1)
 
-    def stacked_projection(self) -> tuple[Tensor, Tensor]:
-        """The q, k, v 1x1x1 convolutions as one (2 C' + C_v) x C weight and its bias."""
-        convs = (self.query, self.key, self.value)
-        weight = torch.cat([conv.weight.flatten(1) for conv in convs])
-        bias = torch.cat([conv.bias for conv in convs])
-        return weight, bias
+    def query_key_projection(self) -> tuple[Tensor, Tensor]:
+        """The q and k 1x1x1 convolutions as one 2C' x C weight and its bias."""
+        weight = torch.cat([self.query.weight.flatten(1), self.key.weight.flatten(1)])
+        return weight, torch.cat([self.query.bias, self.key.bias])
 
-    def forward_channels_last(
-        self, y: Tensor, gamma: Tensor, projection: tuple[Tensor, Tensor] | None = None
-    ) -> Tensor:
-        """gamma x F(y) on an N x T x H x W x C map (`projection`: `stacked_projection()`, if already made)."""
-        qkv = F.linear(y, *(projection or self.stacked_projection()))
-        inner = self.query.out_channels
-        if torch.is_grad_enabled() and (qkv.requires_grad or gamma.requires_grad):
-            return CrissCrossFunction.apply(qkv, gamma, inner)
-        out, _ = criss_cross_attention(qkv, inner)  # inference: the same products, nothing saved
+    def forward_channels_last(self, y: Tensor, gamma: Tensor, query_key: tuple[Tensor, Tensor] | None = None) -> Tensor:
+        """gamma x F(y) on an N x T x H x W x C map (`query_key`: `query_key_projection()`, if already made)."""
+        qk = F.linear(y, *(query_key or self.query_key_projection()))
+        v = F.linear(y, self.value.weight.flatten(1), self.value.bias)
+        if torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad or gamma.requires_grad):
+            return CrissCrossFunction.apply(qk, v, gamma)
+        out, _ = criss_cross_attention(qk, v)  # inference: the same products, nothing saved
         return out * gamma.to(out.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -272,30 +265,30 @@ class RCCA3D(nn.Module):
         restore = ("restore",) if self.restore is not None else ()
         return ("cca", *(f"cca.{name}" for name in self.cca.applies_children), *restore)
 
-    def scaled_context(self, y: Tensor, projection: tuple[Tensor, Tensor]) -> Tensor:
+    def scaled_context(self, y: Tensor, query_key: tuple[Tensor, Tensor]) -> Tensor:
         """gamma F(y) on a channels-last map, with the channel restoration of structure c."""
         if self.restore is None:
-            return self.cca.forward_channels_last(y, self.gamma, projection)
-        out = self.cca.forward_channels_last(y, y.new_ones(()), projection)
+            return self.cca.forward_channels_last(y, self.gamma, query_key)
+        out = self.cca.forward_channels_last(y, y.new_ones(()), query_key)
         return self.gamma * F.linear(out, self.restore.weight.flatten(1), self.restore.bias)
 
-    def step(self, y: Tensor, x: Tensor, projection: tuple[Tensor, Tensor]) -> Tensor:
+    def step(self, y: Tensor, x: Tensor, query_key: tuple[Tensor, Tensor]) -> Tensor:
         """One recurrence, Y_{r-1} -> Y_r (before structure d's final residual)."""
-        context = self.scaled_context(y, projection)
+        context = self.scaled_context(y, query_key)
         if self.structure == "d":
             return context
         return context + (y if self.structure == "b" else x)
 
     def forward(self, x: Tensor) -> Tensor:
         x_last = x.movedim(1, -1)  # N x T x H x W x C; a view for a channels-last input
-        projection = self.cca.stacked_projection()
+        query_key = self.cca.query_key_projection()
         recompute = self.memory_efficient and torch.is_grad_enabled()
         y = x_last
         for _ in range(self.recurrence):
             if recompute:
-                y = checkpoint(self.step, y, x_last, projection, use_reentrant=False)
+                y = checkpoint(self.step, y, x_last, query_key, use_reentrant=False)
             else:
-                y = self.step(y, x_last, projection)
+                y = self.step(y, x_last, query_key)
         if self.structure == "d":
             y = y + x_last
         return from_channels_last(y, x)
