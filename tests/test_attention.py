@@ -156,6 +156,8 @@ def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:
     assert torch.allclose(out, out_last, atol=1e-6)
     out_last.sum().backward()
     assert x_last.grad is not None and torch.isfinite(x_last.grad).all()
+    # The output is a tensor of its own, not a view made inside the autograd function: in-place ops work.
+    CrissCrossAttention3D(8, 2)(x_last).relu_().sum().backward()
 
 
 @pytest.mark.parametrize(

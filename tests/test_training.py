@@ -24,7 +24,7 @@ from rcca.data.samplers import EpochSampler
 from rcca.engine.checkpoints import read_run_checkpoint
 from rcca.engine.evaluation import _first_occurrence, predict_videos
 from rcca.engine.metrics import video_metrics
-from rcca.engine.optim import build_optimizer, lr_factor
+from rcca.engine.optim import build_optimizer, build_scheduler, lr_factor
 from rcca.engine.resuming import resume_checkpoint
 from rcca.engine.runtime import leave_outputs_to_rank_zero
 from rcca.engine.trainer import Trainer, TrainingDiverged, TrainingStopped, accumulation_steps, work_after_epoch
@@ -674,7 +674,10 @@ def test_divergence_saves_exactly_the_state_of_the_last_finite_update(tmp_path):
     def trainer_on(dataset: PointsDataset, folder: Path) -> Trainer:
         loader = DataLoader(dataset, batch_size=2, sampler=EpochSampler(32, shuffle=True))
         cfg = TrainerConfig(epochs=1, batch_size=2, effective_batch_size=4, log_every=1000, progress=False)
-        return cpu_trainer(loader, folder, cfg)
+        trainer = cpu_trainer(loader, folder, cfg)
+        # A warm-up schedule: the LR changes at every update, so a state one step off shows in it.
+        trainer.scheduler = build_scheduler(trainer.optimizer, ScheduleConfig(warmup_epochs=1.0), 8)
+        return trainer
 
     torch.manual_seed(0)
     diverging = trainer_on(NanAtFetch(10), tmp_path)

@@ -101,14 +101,16 @@ class TrainingStopped(Exception):
 class _VerifiedState:
     """The last update boundary at whose weights every forward was finite: what a divergence saves.
 
-    `tensors` (rank 0 only, else empty) are copies of `Trainer._stepped_state()`: the parameters, then
-    the optimizer's state tensors at `optimizer_places`.
+    `tensors` are copies of `Trainer._stepped_state()`: the parameters, then the optimizer's state
+    tensors at `optimizer_places`; with `lrs` (per parameter group), `scheduler` and `scaler` they are
+    kept on rank 0 only (empty elsewhere).
     """
 
     boundary: _UpdateBoundary
     step: int
     tensors: list[Tensor]
     optimizer_places: list[tuple[Tensor, str]]
+    lrs: list[float]
     scheduler: dict
     scaler: dict
 
@@ -412,7 +414,13 @@ class Trainer:
         previous = self._verified
         copies: list[Tensor] = []
         places: list[tuple[Tensor, str]] = []
+        small: tuple[list[float], dict, dict] = ([], {}, {})
         if is_main_process():
+            small = (
+                [group["lr"] for group in self.optimizer.param_groups],
+                copy.deepcopy(self.scheduler.state_dict()),
+                copy.deepcopy(self.scaler.state_dict()),
+            )
             tensors, places = self._stepped_state()
             reusable = previous is not None and [t.shape for t in previous.tensors] == [t.shape for t in tensors]
             if reusable:
@@ -425,12 +433,14 @@ class Trainer:
             step=self.position.step,
             tensors=copies,
             optimizer_places=places,
-            scheduler=copy.deepcopy(self.scheduler.state_dict()),
-            scaler=copy.deepcopy(self.scaler.state_dict()),
+            lrs=small[0],
+            scheduler=small[1],
+            scaler=small[2],
         )
 
     def _return_to_verified_state(self) -> None:
-        """Put the verified state back in place (rank 0): weights, optimizer state, schedule, scaler, boundary."""
+        """Put the verified state back in place (rank 0, which then only saves it): weights, optimizer state and
+        learning rates, schedule, scaler, boundary."""
         verified = self._verified
         parameters = [p.detach() for p in self._parameters]
         torch._foreach_copy_(parameters, verified.tensors[: len(parameters)])
@@ -441,6 +451,8 @@ class Trainer:
                 del self.optimizer.state[parameter]
         for (parameter, key), value in zip(verified.optimizer_places, state_copies, strict=True):
             self.optimizer.state[parameter][key] = value
+        for group, lr in zip(self.optimizer.param_groups, verified.lrs, strict=True):
+            group["lr"] = lr
         self.scheduler.load_state_dict(verified.scheduler)
         if self.scaler.is_enabled():
             self.scaler.load_state_dict(verified.scaler)

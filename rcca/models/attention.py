@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
@@ -120,7 +121,8 @@ def criss_cross_attention(qk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class CrissCrossFunction(torch.autograd.Function):
-    """gamma x CCA-3D(q, k, v) with a written-out backward pass that saves only q, k, v and the attention.
+    """gamma x CCA-3D(q, k, v) with a written-out backward pass that saves only q, k, v and the attention
+    (the projections that make q, k and v save their input, the recurrence's input).
 
     Forward: out = gamma * sum_j A_j v_j over the line positions j of each query (Eq. 3),
     with A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
@@ -137,11 +139,12 @@ class CrissCrossFunction(torch.autograd.Function):
     def forward(ctx: Any, qk: Tensor, v: Tensor, gamma: Tensor) -> Tensor:
         with torch.autocast(qk.device.type, enabled=False):
             out, attention = criss_cross_attention(qk, v)
-            out.mul_(gamma.to(out.dtype))
+            out = out * gamma.to(out.dtype)  # a new tensor, not a view: callers may change it in place
         ctx.save_for_backward(qk, v, attention, gamma)
         return out
 
     @staticmethod
+    @once_differentiable  # the backward is not itself differentiable (no second derivatives)
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         qk, v, attention, gamma = ctx.saved_tensors
         with torch.autocast(qk.device.type, enabled=False):

@@ -76,12 +76,13 @@ def mac_analysis(model: nn.Module, inputs: Tensor) -> FlopCountAnalysis:
     `NEGLIGIBLE_OPS`, or when a module with parameters is never called (its cost would
     be missing). Allowed: modules without parameters that tracing does not see
     (nn.Identity), and the children that a called module names in its `applies_children`
-    (it applies their weights itself, e.g. CCA-3D's q, k, v convolutions as one product,
+    (it applies their weights itself, e.g. CCA-3D's q, k, v convolutions as matrix products,
     and the traced product is counted).
     """
     analysis = FlopCountAnalysis(model, inputs).set_op_handle("aten::batch_norm", batchnorm_mac_jit)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-    analysis.total()  # runs the trace; the queries below need its results
+    with torch.no_grad():  # the inference graph: CCA-3D's autograd.Function would trace as one opaque op
+        analysis.total()  # runs the trace; the queries below need its results
     unknown = sorted(set(analysis.unsupported_ops()) - NEGLIGIBLE_OPS)
     if unknown:
         raise RuntimeError(f"fvcore cannot count {unknown}: register a handle in rcca.models.complexity")
