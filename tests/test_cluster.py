@@ -21,7 +21,7 @@ from conftest import REPO, TINY
 from rcca.engine.cli import exit_codes
 from rcca.engine.distributed import cluster_environment, first_host
 from rcca.engine.requeue import requeue_stopped_job, submitit_requeue_handler
-from rcca.engine.runtime import available_cores
+from rcca.engine.runtime import available_cores, usable_cores
 from rcca.engine.trainer import TrainingStopped
 
 
@@ -142,7 +142,7 @@ def test_submitit_launcher_runs_a_two_process_job(tmp_path, synthetic_cache):
     (job,) = sweep.glob("0_*")  # the job folder carries its overrides
     log = (job / "train.log").read_text()
     assert "(4 per step x 1 accumulated step x 2 processes)" in log
-    cores = len(available_cores())  # the tasks' too: the local executor binds them to no cores of their own
+    cores = usable_cores(available_cores())  # the tasks' too: the local executor binds them to no cores of their own
     assert f"threads: {max(1, cores // 2)} intra-op + 0 data workers in each of 2 processes on {cores} core" in log
     assert torch.load(job / "last.pt", weights_only=False)["step"] == 4
     assert json.loads((job / "metrics.json").read_text())["num_videos"] == 16

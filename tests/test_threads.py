@@ -16,7 +16,14 @@ import torch.multiprocessing as mp
 from conftest import TINY
 
 from rcca.config import compose_config
-from rcca.engine.runtime import apply_thread_policy, available_cores, intra_op_threads, processes_sharing
+from rcca.engine.runtime import (
+    apply_thread_policy,
+    available_cores,
+    intra_op_threads,
+    processes_sharing,
+    quota_cores,
+    usable_cores,
+)
 from rcca.engine.test_pipeline import test as evaluate_checkpoint
 from rcca.engine.train_pipeline import train
 
@@ -54,7 +61,7 @@ def test_an_explicit_thread_count_is_honoured():
 
 def test_the_policy_sets_the_automatic_threads_and_says_so(caplog, threads_restored):
     caplog.set_level(logging.INFO, logger="rcca.engine.runtime")
-    cores = len(available_cores())
+    cores = usable_cores(available_cores())
     expected = intra_op_threads(None, cores=cores, workers=1)
     torch.set_num_threads(expected + 1)
     assert apply_thread_policy(None, workers=1) == expected == torch.get_num_threads()
@@ -65,7 +72,7 @@ def test_the_policy_sets_the_automatic_threads_and_says_so(caplog, threads_resto
 
 def test_more_threads_than_the_cores_left_by_the_workers_is_honoured_with_a_warning(caplog, threads_restored):
     caplog.set_level(logging.INFO, logger="rcca.engine.runtime")
-    cores = len(available_cores())
+    cores = usable_cores(available_cores())
     requested = cores + 1  # oversubscribed on any machine
     assert apply_thread_policy(requested, workers=2) == requested == torch.get_num_threads()
     (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -101,7 +108,7 @@ def test_processes_divide_the_cores_they_share(tmp_path, disjoint, expected):
 
 def test_training_and_testing_run_with_the_policys_threads(tmp_path, synthetic_cache, caplog, threads_restored):
     caplog.set_level(logging.INFO)
-    cores = len(available_cores())
+    cores = usable_cores(available_cores())
     automatic = intra_op_threads(None, cores=cores, workers=1)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -126,3 +133,19 @@ def test_training_and_testing_run_with_the_policys_threads(tmp_path, synthetic_c
     assert [r.getMessage() for r in caplog.records if r.getMessage().startswith("threads: ")] == [
         f"threads: 2 intra-op + 0 data workers on {cores} core{'s' if cores != 1 else ''} (trainer.threads=2)"
     ]
+
+
+@pytest.mark.parametrize(
+    "cpu_max, expected", [("200000 100000\n", 2), ("150000 100000", 1), ("50000 100000", 1), ("max 100000\n", None)]
+)
+def test_a_cgroup_cpu_quota_counts_its_whole_cores(cpu_max: str, expected: int | None) -> None:
+    assert quota_cores(cpu_max) == expected
+
+
+def test_a_container_quota_caps_the_cores_of_the_affinity(tmp_path) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    cpu_max.write_text("200000 100000\n")  # docker --cpus=2 on a machine with more cores
+    assert usable_cores(frozenset(range(16)), cpu_max) == 2
+    cpu_max.write_text("max 100000\n")
+    assert usable_cores(frozenset(range(16)), cpu_max) == 16
+    assert usable_cores(frozenset(range(4)), tmp_path / "absent") == 4  # cgroup v1 or no cgroup file: affinity only

@@ -86,6 +86,25 @@ def available_cores() -> frozenset[int]:
     return frozenset(range(os.cpu_count() or 1))
 
 
+def quota_cores(cpu_max: str) -> int | None:
+    """Whole cores of a cgroup v2 CPU quota (`docker --cpus`, Kubernetes limits), from its `cpu.max` text.
+
+    "200000 100000" (quota and period in microseconds) -> 2; "150000 100000" -> 1 (at least 1);
+    "max 100000" (no quota) -> None.
+    """
+    quota, period = cpu_max.split()[:2]
+    return None if quota == "max" else max(1, int(quota) // int(period))
+
+
+def usable_cores(cores: frozenset[int], cgroup: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """How many of `cores` this process may keep busy: their count, capped by the cgroup's CPU quota if any."""
+    try:
+        quota = quota_cores(cgroup.read_text())
+    except (OSError, ValueError):
+        quota = None
+    return len(cores) if quota is None else min(len(cores), quota)
+
+
 def processes_sharing(cores: frozenset[int]) -> int:
     """How many processes of the run, this one included, run on this machine and may use one of `cores`.
 
@@ -147,9 +166,10 @@ def apply_thread_policy(requested: int | None, workers: int) -> int:
     Returns:
         The intra-op threads now set.
     """
-    cores = available_cores()
-    processes = processes_sharing(cores)
-    threads = intra_op_threads(requested, cores=len(cores), workers=workers, processes=processes)
+    available = available_cores()
+    processes = processes_sharing(available)
+    cores = usable_cores(available)
+    threads = intra_op_threads(requested, cores=cores, workers=workers, processes=processes)
     torch.set_num_threads(threads)
     if not is_main_process():
         return threads
@@ -160,18 +180,18 @@ def apply_thread_policy(requested: int | None, workers: int) -> int:
         threads,
         count_of(workers, "data worker"),
         each,
-        count_of(len(cores), "core"),
+        count_of(cores, "core"),
         setting,
     )
-    automatic = intra_op_threads(None, cores=len(cores), workers=workers, processes=processes)
+    automatic = intra_op_threads(None, cores=cores, workers=workers, processes=processes)
     if threads > automatic:  # only an explicit trainer.threads gives more
         log.warning(
             "trainer.threads=%d + trainer.num_workers=%d exceed the %s of this process%s: on a busy machine its "
             "threads wait for each other; set trainer.threads=null (%d here) or lower trainer.num_workers",
             threads,
             workers,
-            count_of(len(cores) // processes, "core"),
-            f" ({len(cores)} shared by {processes} processes)" if processes > 1 else "",
+            count_of(cores // processes, "core"),
+            f" ({cores} shared by {processes} processes)" if processes > 1 else "",
             automatic,
         )
     return threads
