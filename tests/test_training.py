@@ -708,6 +708,24 @@ def identical(a: object, b: object) -> bool:
     return a == b
 
 
+def test_a_stop_signal_during_the_ranks_agreement_is_not_lost(tmp_path, monkeypatch):
+    # The signal handler runs between two bytecodes: here, while the ranks agree on stopping, after the flag was
+    # read as False. Once a stop was requested, the trainer must stop after this update all the same.
+    loader = DataLoader(PointsDataset(), batch_size=4, sampler=EpochSampler(32, True))
+    cfg = TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4, log_every=1000, progress=False)
+    trainer = cpu_trainer(loader, tmp_path, cfg)
+
+    def agree_while_a_signal_arrives(flag, device):
+        if isinstance(flag, bool):  # the agreement on stopping (not the per-update check of the losses)
+            trainer._request_stop(signal.SIGTERM, None)
+        return bool(flag)
+
+    monkeypatch.setattr("rcca.engine.trainer.any_process", agree_while_a_signal_arrives)
+    with pytest.raises(TrainingStopped, match="stopped by SIGTERM"):
+        trainer.fit()
+    assert trainer.position.step == 1  # after the first update, not at the end of the epoch
+
+
 class ViewsWithFailure(ViewsDataset):
     """ViewsDataset in which video 3 could not be decoded (ok=False, zero views)."""
 

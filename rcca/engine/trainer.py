@@ -575,7 +575,10 @@ class Trainer:
         if self.position.step % self.cfg.log_every == 0:
             self._log_training(meter)
             meter.reset()
-        self.stop_requested = any_process(self.stop_requested, self.device)  # all ranks stop together
+        # All ranks stop together. Only ever set here, never cleared: a signal whose handler runs while the
+        # ranks agree (between reading the flag and this assignment) must not be lost.
+        if any_process(self.stop_requested, self.device):
+            self.stop_requested = True
         return self.stop_requested
 
     def _micro_step(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
