@@ -726,6 +726,21 @@ def test_a_stop_signal_during_the_ranks_agreement_is_not_lost(tmp_path, monkeypa
     assert trainer.position.step == 1  # after the first update, not at the end of the epoch
 
 
+def test_the_stop_is_recorded_before_anything_in_the_handler_can_raise(tmp_path, monkeypatch):
+    # A job-wide SIGTERM also kills the data workers: PyTorch's SIGCHLD handler may then raise in the middle of
+    # the trainer's own handler (here: in its log call). The stop must already be recorded by then.
+    loader = DataLoader(PointsDataset(), batch_size=4, sampler=EpochSampler(32, True))
+    trainer = cpu_trainer(loader, tmp_path, TrainerConfig(epochs=1, batch_size=4, effective_batch_size=4))
+
+    def worker_died(*args, **kwargs):
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Terminated.")
+
+    monkeypatch.setattr("rcca.engine.trainer.log.warning", worker_died)
+    with pytest.raises(RuntimeError, match="killed by signal"):
+        trainer._request_stop(signal.SIGTERM, None)
+    assert trainer.stop_requested and trainer._stop_signal == signal.SIGTERM
+
+
 class ViewsWithFailure(ViewsDataset):
     """ViewsDataset in which video 3 could not be decoded (ok=False, zero views)."""
 

@@ -510,9 +510,11 @@ class Trainer:
             signum: the signal received.
             frame: the interrupted frame (unused).
         """
-        log.warning("received signal %s: saving last.pt after the current update", signal.Signals(signum).name)
+        # Flags first: another signal's handler may run in the middle of this one (between two bytecodes), and
+        # PyTorch's SIGCHLD handler raises when a data worker died of the same job-wide signal.
         self.stop_requested = True
         self._stop_signal = signum
+        log.warning("received signal %s: saving last.pt after the current update", signal.Signals(signum).name)
 
     def train_epoch(self) -> None:
         """Train the rest of the current epoch, or up to a stop request (then `position.epoch` stays)."""
