@@ -163,7 +163,8 @@ class TrainingPass:
 
 class Projections(nn.Module):
     """An RCCA-3D's own 1x1x1 convolutions alone: q, k and v of the input, applied `recurrence` times,
-    with the products the module itself uses (channels-last, q and k stacked, v on its own).
+    with the products the module itself uses (on one channels-last copy of the input, q and k
+    stacked, v on its own).
 
     The floor of the module's cost: RCCA-3D adds the affinities, softmax and aggregation to these.
     Output: the 2R maps, each with its own upstream gradient in the benchmark.
@@ -175,12 +176,9 @@ class Projections(nn.Module):
         self.recurrence = module.recurrence
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x_last = x.movedim(1, -1)
-        query_key = self.cca.query_key_projection()
-        value = (self.cca.value.weight.flatten(1), self.cca.value.bias)
-        return tuple(
-            nn.functional.linear(x_last, *weights) for _ in range(self.recurrence) for weights in (query_key, value)
-        )
+        x_last = x.movedim(1, -1).contiguous()
+        projections = self.cca.projections()
+        return tuple(nn.functional.linear(x_last, *weights) for _ in range(self.recurrence) for weights in projections)
 
 
 def synchronize(device: torch.device) -> None:

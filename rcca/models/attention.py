@@ -20,6 +20,7 @@ recomputes the rest during the backward pass.
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -31,20 +32,21 @@ from torch.utils.checkpoint import checkpoint
 STRUCTURES = ("a", "b", "c", "d")
 
 
-def _lines(x: Tensor, axis: int) -> Tensor:
-    """The lines of `x` along `axis` as a batch of matrices: N x T x H x W x C -> B x L x C.
+def _line_batches(x: Tensor, axis: int) -> list[tuple[tuple[int, ...], Tensor]]:
+    """The lines of `x` along `axis` as a few batches of matrices that are views of `x`, never copies.
 
-    L is the size of `axis`; B runs over the other three axes in their order. A view of `x`
-    where the strides allow it (W always, T for one clip), else a copy.
+    x: N x T x H x W x C with the strides of a contiguous tensor in its first four dims (the last
+    may be a slice). Returns (index, lines) pairs: `lines` = `x.movedim(axis, -2)[index]` as a
+    B x L x C batch with one batch stride, the layout the batched matrix kernels take as it is.
+    The dims before `axis` cannot merge with those after it, so they are indexed: one batch for
+    W, N batches for T, N x T for H. E.g. for N = 1, T = 8, H = W = 28 and axis H: 8 batches of
+    28 (w) matrices 28 (h) x C, each with batch stride C and row stride 28 C.
     """
     moved = x.movedim(axis, -2)
-    return moved.reshape(-1, moved.shape[-2], moved.shape[-1])
-
-
-def _unlines(y: Tensor, like: tuple[int, ...], axis: int) -> Tensor:
-    """Inverse of `_lines` for a result B x L x K: -> N x T x H x W x K (a view of `y`)."""
-    moved = [like[i] for i in range(4) if i != axis] + [like[axis]]
-    return y.view(*moved, y.shape[-1]).movedim(-2, axis)
+    leading = () if axis == 3 else moved.shape[:axis]
+    return [
+        (index, moved[index].view(-1, *moved.shape[-2:])) for index in itertools.product(*(range(n) for n in leading))
+    ]
 
 
 def line_columns(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -61,11 +63,13 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     out[n,t,h,w,T+h'] = <a[n,t,h,w], b[n,t,h',w]>, out[n,t,h,w,T+H+w'] = <a[n,t,h,w], b[n,t,h,w']>.
     """
     shape = tuple(a.shape[:4])
-    blocks = [
-        _unlines(torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2)), shape, axis)  # B x L x L' each
-        for axis, _, _ in line_columns(shape)
-    ]
-    return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
+    columns = line_columns(shape)
+    out = a.new_empty(*shape, columns[-1][1] + columns[-1][2], dtype=torch.promote_types(a.dtype, torch.float32))
+    for axis, start, size in columns:
+        block = out[..., start : start + size].movedim(axis, -2)
+        for (index, a_lines), (_, b_lines) in zip(_line_batches(a, axis), _line_batches(b, axis)):
+            block[index].copy_(torch.bmm(a_lines, b_lines.transpose(1, 2)).view(block[index].shape))  # B x L x L'
+    return out
 
 
 def line_aggregate(weights: Tensor, values: Tensor, out: Tensor | None = None, transpose: bool = False) -> Tensor:
@@ -80,17 +84,17 @@ def line_aggregate(weights: Tensor, values: Tensor, out: Tensor | None = None, t
     """
     shape = tuple(values.shape[:4])
     weights = weights.to(values.dtype)
-    for axis, start, size in reversed(line_columns(shape)):  # W first: its sums come out in place
-        line_weights = _lines(weights[..., start : start + size], axis)  # B x L x L'
-        if transpose:
-            line_weights = line_weights.transpose(1, 2)
-        summed = _unlines(torch.bmm(line_weights, _lines(values, axis)), shape, axis)
-        if axis != 3:
-            out.add_(summed)
-        elif out is None:
-            out = summed
-        else:
-            out.copy_(summed)
+    out = values.new_empty(values.shape) if out is None else out
+    for axis, start, size in reversed(line_columns(shape)):  # W first: its sums are written, the others added
+        line_weights = _line_batches(weights[..., start : start + size], axis)
+        for (index, w_lines), (_, v_lines) in zip(line_weights, _line_batches(values, axis)):
+            w_lines = w_lines.transpose(1, 2) if transpose else w_lines
+            target = out.movedim(axis, -2)[index]
+            if axis == 3 and target.is_contiguous():
+                torch.bmm(w_lines, v_lines, out=target.view(-1, *target.shape[-2:]))
+                continue
+            summed = torch.bmm(w_lines, v_lines).view(target.shape)  # B x L x K
+            target.copy_(summed) if axis == 3 else target.add_(summed)
     return out
 
 
@@ -121,48 +125,49 @@ def criss_cross_attention(qk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 class CrissCrossFunction(torch.autograd.Function):
-    """gamma x CCA-3D(q, k, v) with a written-out backward pass that saves only q, k, v and the attention
+    """CCA-3D(q, k, v) with a written-out backward pass that saves only q, k, v and the attention
     (the projections that make q, k and v save their input, the recurrence's input).
 
-    Forward: out = gamma * sum_j A_j v_j over the line positions j of each query (Eq. 3),
-    with A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
+    Forward: out = sum_j A_j v_j over the line positions j of each query (Eq. 3), with
+    A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
     D_j = <G, v_j> and s = sum_j A_j D_j per query:
-        dgamma = sum over queries of s,
-        dv_j = gamma sum over queries i of A_ij G_i (the adjoint aggregation),
-        dE_j = gamma A_j (D_j - s) (softmax backward),
+        dv_j = sum over queries i of A_ij G_i (the adjoint aggregation),
+        dE_j = A_j (D_j - s) (softmax backward),
         dq = sum_j dE_j k_j, dk_j = sum over queries i of dE_ij q_i.
-    Every one of these is one `line_affinities` or `line_aggregate` call. gamma is folded
-    in so that the aggregated map itself need not be saved for gamma's gradient.
+    Every one of these is one `line_affinities` or `line_aggregate` call.
     """
 
     @staticmethod
-    def forward(ctx: Any, qk: Tensor, v: Tensor, gamma: Tensor) -> Tensor:
+    def forward(ctx: Any, qk: Tensor, v: Tensor) -> Tensor:
         with torch.autocast(qk.device.type, enabled=False):
             out, attention = criss_cross_attention(qk, v)
-            out = out * gamma.to(out.dtype)  # a new tensor, not a view: callers may change it in place
-        ctx.save_for_backward(qk, v, attention, gamma)
+        ctx.save_for_backward(qk, v, attention)
         return out
 
     @staticmethod
     @once_differentiable  # the backward is not itself differentiable (no second derivatives)
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        qk, v, attention, gamma = ctx.saved_tensors
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+        qk, v, attention = ctx.saved_tensors
         with torch.autocast(qk.device.type, enabled=False):
             grad = grad.to(v.dtype).contiguous()
             q, k = qk.chunk(2, dim=-1)
             grad_qk = torch.empty_like(qk)
             grad_q, grad_k = grad_qk.chunk(2, dim=-1)
-            products = line_affinities(grad, v)  # D
-            grad_gamma = None
-            if ctx.needs_input_grad[2]:  # sum over queries of s = sum_j A_j D_j
-                grad_gamma = torch.vdot(attention.flatten(), products.flatten()).to(gamma.dtype)
-            # dE = gamma A (D - s): the softmax's own backward kernel, one pass.
-            grad_energy = torch._softmax_backward_data(products, attention, -1, attention.dtype)
-            grad_energy.mul_(gamma.to(grad_energy.dtype))
-            grad_v = line_aggregate(attention, grad, transpose=True).mul_(gamma.to(grad.dtype))
+            # dE = A (D - s): the softmax's own backward kernel, one pass.
+            grad_energy = torch._softmax_backward_data(line_affinities(grad, v), attention, -1, attention.dtype)
+            grad_v = line_aggregate(attention, grad, transpose=True)
             line_aggregate(grad_energy, k, grad_q)
             line_aggregate(grad_energy, q, grad_k, transpose=True)
-        return grad_qk, grad_v, grad_gamma
+        return grad_qk, grad_v
+
+
+Projection = tuple[Tensor, Tensor]  # a 1x1x1 convolution as a matrix product: its out x in weight and its bias
+
+
+def projection(conv: nn.Conv3d, scale: Tensor | None = None) -> Projection:
+    """The weight and bias of a 1x1x1 convolution as a matrix product, both times `scale` when given."""
+    weight, bias = conv.weight.flatten(1), conv.bias
+    return (weight, bias) if scale is None else (weight * scale, bias * scale)
 
 
 class CrissCrossAttention3D(nn.Module):
@@ -187,23 +192,26 @@ class CrissCrossAttention3D(nn.Module):
         self.key = nn.Conv3d(channels, inner_channels, kernel_size=1)
         self.value = nn.Conv3d(channels, value_channels, kernel_size=1)
 
-    def query_key_projection(self) -> tuple[Tensor, Tensor]:
-        """The q and k 1x1x1 convolutions as one 2C' x C weight and its bias."""
-        weight = torch.cat([self.query.weight.flatten(1), self.key.weight.flatten(1)])
-        return weight, torch.cat([self.query.bias, self.key.bias])
+    def projections(self, value_scale: Tensor | None = None) -> tuple[Projection, Projection]:
+        """The q and k convolutions as one 2C' x C product, and the v convolution times `value_scale`.
 
-    def forward_channels_last(self, y: Tensor, gamma: Tensor, query_key: tuple[Tensor, Tensor] | None = None) -> Tensor:
-        """gamma x F(y) on an N x T x H x W x C map (`query_key`: `query_key_projection()`, if already made)."""
-        qk = F.linear(y, *(query_key or self.query_key_projection()))
-        v = F.linear(y, self.value.weight.flatten(1), self.value.bias)
-        if torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad or gamma.requires_grad):
-            return CrissCrossFunction.apply(qk, v, gamma)
-        out, _ = criss_cross_attention(qk, v)  # inference: the same products, nothing saved
-        return out * gamma.to(out.dtype)
+        Scaling v scales the output (Eq. 3 is linear in v): RCCA-3D folds its gamma in here, so
+        neither pass spends a sweep over the map on it.
+        """
+        query, key = projection(self.query), projection(self.key)
+        query_key = torch.cat([query[0], key[0]]), torch.cat([query[1], key[1]])
+        return query_key, projection(self.value, value_scale)
+
+    def forward_channels_last(self, y: Tensor, projections: tuple[Projection, Projection] | None = None) -> Tensor:
+        """F(y) on an N x T x H x W x C map, with `projections()` (made once by a caller that applies F repeatedly)."""
+        query_key, value = projections or self.projections()
+        qk, v = F.linear(y, *query_key), F.linear(y, *value)
+        if torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad):
+            return CrissCrossFunction.apply(qk, v)
+        return criss_cross_attention(qk, v)[0]  # inference: the same products, nothing saved
 
     def forward(self, x: Tensor) -> Tensor:
-        out = self.forward_channels_last(x.movedim(1, -1), x.new_ones(()))
-        return from_channels_last(out, x)
+        return from_channels_last(self.forward_channels_last(x.movedim(1, -1)), x)
 
 
 def from_channels_last(y: Tensor, like: Tensor) -> Tensor:
@@ -268,30 +276,34 @@ class RCCA3D(nn.Module):
         restore = ("restore",) if self.restore is not None else ()
         return ("cca", *(f"cca.{name}" for name in self.cca.applies_children), *restore)
 
-    def scaled_context(self, y: Tensor, query_key: tuple[Tensor, Tensor]) -> Tensor:
-        """gamma F(y) on a channels-last map, with the channel restoration of structure c."""
-        if self.restore is None:
-            return self.cca.forward_channels_last(y, self.gamma, query_key)
-        out = self.cca.forward_channels_last(y, y.new_ones(()), query_key)
-        return self.gamma * F.linear(out, self.restore.weight.flatten(1), self.restore.bias)
+    def scaled_context(self, y: Tensor, projections: tuple[Projection, ...]) -> Tensor:
+        """gamma F(y) on a channels-last map; gamma comes folded into the last of `projections`
+        (v's, or structure c's restoring conv's)."""
+        out = self.cca.forward_channels_last(y, projections[:2])
+        return out if self.restore is None else F.linear(out, *projections[2])
 
-    def step(self, y: Tensor, x: Tensor, query_key: tuple[Tensor, Tensor]) -> Tensor:
+    def step(self, y: Tensor, x: Tensor, projections: tuple[Projection, ...]) -> Tensor:
         """One recurrence, Y_{r-1} -> Y_r (before structure d's final residual)."""
-        context = self.scaled_context(y, query_key)
+        context = self.scaled_context(y, projections)
         if self.structure == "d":
             return context
         return context + (y if self.structure == "b" else x)
 
     def forward(self, x: Tensor) -> Tensor:
-        x_last = x.movedim(1, -1)  # N x T x H x W x C; a view for a channels-last input
-        query_key = self.cca.query_key_projection()
+        # N x T x H x W x C, contiguous once here (a view for a channels-last input): every recurrence
+        # reads it and adds it, and the matrix products would otherwise each copy a permuted input.
+        x_last = x.movedim(1, -1).contiguous()
+        if self.restore is None:
+            projections = self.cca.projections(value_scale=self.gamma)
+        else:
+            projections = (*self.cca.projections(), projection(self.restore, self.gamma))
         recompute = self.memory_efficient and torch.is_grad_enabled()
         y = x_last
         for _ in range(self.recurrence):
             if recompute:
-                y = checkpoint(self.step, y, x_last, query_key, use_reentrant=False)
+                y = checkpoint(self.step, y, x_last, projections, use_reentrant=False)
             else:
-                y = self.step(y, x_last, query_key)
+                y = self.step(y, x_last, projections)
         if self.structure == "d":
             y = y + x_last
         return from_channels_last(y, x)
