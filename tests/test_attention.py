@@ -89,6 +89,40 @@ def paper_equation(structure: str, recurrence: int) -> Callable[[RCCA3D, Tensor]
     return forward
 
 
+def dense_attention(weights: Tensor) -> Tensor:
+    """Line attention weights N x T x H x W x (T + H + W) spread over all positions: N x THW x THW."""
+    n, t, h, w, _ = weights.shape
+    dense = weights.new_zeros(n, t, h, w, t, h, w)
+    for i, j, k in torch.cartesian_prod(torch.arange(t), torch.arange(h), torch.arange(w)).tolist():
+        row = weights[:, i, j, k]
+        dense[:, i, j, k, :, j, k] += row[:, :t]
+        dense[:, i, j, k, i, :, k] += row[:, t : t + h]
+        dense[:, i, j, k, i, j, :] += row[:, t + h :]
+    return dense.reshape(n, t * h * w, t * h * w)
+
+
+def brute_force_attention(cca: CrissCrossAttention3D, x: Tensor) -> Tensor:
+    """The masked full softmax of `brute_force_cca`: N x THW x THW."""
+    n, _, t, h, w = x.shape
+    q, k = (conv(x).flatten(2).transpose(1, 2) for conv in (cca.query, cca.key))
+    coords = torch.cartesian_prod(torch.arange(t), torch.arange(h), torch.arange(w))
+    keep = (coords[:, None, :] == coords[None, :, :]).sum(-1) >= 2
+    return torch.softmax((q @ k.transpose(1, 2)).masked_fill(~keep, float("-inf")), dim=-1)
+
+
+def test_attention_weights_of_each_pass_match_brute_force() -> None:
+    """Pass r's weights are the masked full softmax of CCA-3D on Y_{r-1} (Eq. 4: Y_1 = gamma F(X) + X)."""
+    torch.manual_seed(0)
+    module = randomise(RCCA3D(8, recurrence=2, gamma_init=0.7).double())
+    x = torch.randn(2, 8, 3, 4, 5, dtype=torch.float64)
+    first, second = module.attention_weights(x)
+    assert torch.allclose(first.sum(-1), torch.ones(2, 3, 4, 5, dtype=torch.float64))
+    y1 = module.gamma * brute_force_cca(module.cca, x) + x
+    for ours, y in ((first, x), (second, y1)):
+        assert torch.allclose(dense_attention(ours), brute_force_attention(module.cca, y), atol=1e-12)
+    assert not torch.allclose(first, second)
+
+
 @pytest.mark.parametrize("structure", ["a", "b", "c", "d"])
 @pytest.mark.parametrize("recurrence", [1, 2, 3])
 def test_rcca_structures_follow_their_equations(structure: str, recurrence: int) -> None:

@@ -366,7 +366,7 @@ def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_
     from omegaconf import OmegaConf
 
     from rcca.config import compose_config
-    from rcca.engine.test_pipeline import checkpoint_config
+    from rcca.engine.inference import checkpoint_config
 
     saved = load(trained / "last.pt")["config"]
     for overrides, expected in [

@@ -15,8 +15,9 @@ import os
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from hydra._internal.utils import get_args_parser
@@ -25,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 
+from rcca.config import CONFIG_DIR, Config
 from rcca.engine.distributed import is_distributed
 from rcca.engine.files import TEST_FOLDER
 from rcca.engine.requeue import requeue_stopped_job
@@ -38,6 +40,7 @@ TRACEBACK_VARIABLE = "RCCA_TRACEBACK"  # set to 1: user errors print their trace
 USER_ERROR_EXIT = 2
 INTERRUPTED_EXIT = 130  # 128 + SIGINT, as shells report Ctrl-C
 _made_here: set[Path] = set()  # run folders this process named itself (test.py's), not the user's
+SCHEMA_TOP_KEYS = frozenset(field.name for field in fields(Config))  # seed, ckpt, trainer, ...
 
 
 @contextmanager
@@ -132,3 +135,67 @@ def evaluation_dir_override(argv: list[str]) -> list[str]:
 def _quoted(value: str) -> str:
     """A value in Hydra's override grammar: single-quoted, quotes and backslashes escaped."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class ScriptKey:
+    """One `key=value` argument of a script (not a config key).
+
+    Attributes:
+        help: what it sets, for the usage text.
+        default: its value when not given; None makes it required.
+    """
+
+    help: str
+    default: str | None = None
+
+
+def script_arguments(argv: list[str], keys: Mapping[str, ScriptKey], usage: str) -> tuple[dict[str, str], list[str]]:
+    """Split a script's command line into its own `key=value` arguments and config overrides.
+
+    A key of `keys` is the script's; anything else (`test.num_clips=10`, `dataset=ucf101`, `+x=1`) is
+    returned as a Hydra override for the run config, which `compose_config` checks (an unknown config
+    key fails there with the closest ones). A bare word without a dot or `=` that is no config group
+    is taken for a misspelt script key. `-h` / `--help` prints `usage` and the keys, then exits 0.
+
+    Args:
+        argv: the command line, less the program (and less a subcommand).
+        keys: the script's own keys.
+        usage: the usage line(s) shown by --help.
+
+    Returns:
+        ({key: value} for every script key, defaults filled in; the config overrides, in order).
+
+    Raises:
+        UserError: one line, for an unknown script key (with the valid ones) or a missing required one.
+    """
+    if any(argument in ("-h", "--help") for argument in argv):
+        lines = [
+            f"  {name}=  {key.help}" + ("" if key.default is None else f" (default {key.default})")
+            for name, key in keys.items()
+        ]
+        print(
+            "\n".join([usage, "", "keys:", *lines, "  and config overrides, e.g. test.num_clips=10 trainer.device=cpu"])
+        )
+        sys.exit(0)
+    values = {name: key.default for name, key in keys.items()}
+    overrides = []
+    groups = {entry.name for entry in CONFIG_DIR.iterdir() if entry.is_dir()}
+    for argument in argv:
+        name, equals, value = argument.partition("=")
+        if name in keys and equals:
+            values[name] = value
+        elif equals and (
+            "." in name or name.lstrip("+~") in groups or name.startswith(("+", "~")) or name in SCHEMA_TOP_KEYS
+        ):
+            overrides.append(argument)
+        else:
+            valid = ", ".join(f"{key}=" for key in keys)
+            raise UserError(
+                f"{argument}: not an argument of this script; its keys are {valid} "
+                "and config overrides such as test.num_clips=10"
+            )
+    missing = [name for name, value in values.items() if value is None]
+    if missing:
+        raise UserError(f"{missing[0]}= is required: {keys[missing[0]].help}")
+    return values, overrides

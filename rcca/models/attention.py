@@ -20,7 +20,6 @@ recomputes the rest during the backward pass.
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import torch
@@ -32,21 +31,15 @@ from torch.utils.checkpoint import checkpoint
 STRUCTURES = ("a", "b", "c", "d")
 
 
-def _line_batches(x: Tensor, axis: int) -> list[tuple[tuple[int, ...], Tensor]]:
-    """The lines of `x` along `axis` as a few batches of matrices that are views of `x`, never copies.
+def _lines(x: Tensor, axis: int) -> Tensor:
+    """The lines of `x` along `axis` as one batch of matrices: N x T x H x W x C -> B x L x C.
 
-    x: N x T x H x W x C with the strides of a contiguous tensor in its first four dims (the last
-    may be a slice). Returns (index, lines) pairs: `lines` = `x.movedim(axis, -2)[index]` as a
-    B x L x C batch with one batch stride, the layout the batched matrix kernels take as it is.
-    The dims before `axis` cannot merge with those after it, so they are indexed: one batch for
-    W, N batches for T, N x T for H. E.g. for N = 1, T = 8, H = W = 28 and axis H: 8 batches of
-    28 (w) matrices 28 (h) x C, each with batch stride C and row stride 28 C.
+    L is the size of `axis`; B runs over the other three axes in their order. A view of `x` for
+    W (and for T when N = 1), a copy for H: one large product over a copy stays fast on a busy
+    machine, where a loop of per-frame products waits at a thread barrier each time.
     """
     moved = x.movedim(axis, -2)
-    leading = () if axis == 3 else moved.shape[:axis]
-    return [
-        (index, moved[index].view(-1, *moved.shape[-2:])) for index in itertools.product(*(range(n) for n in leading))
-    ]
+    return moved.reshape(-1, *moved.shape[-2:])
 
 
 def line_columns(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -67,8 +60,7 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     out = a.new_empty(*shape, columns[-1][1] + columns[-1][2], dtype=torch.promote_types(a.dtype, torch.float32))
     for axis, start, size in columns:
         block = out[..., start : start + size].movedim(axis, -2)
-        for (index, a_lines), (_, b_lines) in zip(_line_batches(a, axis), _line_batches(b, axis)):
-            block[index].copy_(torch.bmm(a_lines, b_lines.transpose(1, 2)).view(block[index].shape))  # B x L x L'
+        block.copy_(torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2)).view(block.shape))  # B x L x L'
     return out
 
 
@@ -86,15 +78,14 @@ def line_aggregate(weights: Tensor, values: Tensor, out: Tensor | None = None, t
     weights = weights.to(values.dtype)
     out = values.new_empty(values.shape) if out is None else out
     for axis, start, size in reversed(line_columns(shape)):  # W first: its sums are written, the others added
-        line_weights = _line_batches(weights[..., start : start + size], axis)
-        for (index, w_lines), (_, v_lines) in zip(line_weights, _line_batches(values, axis)):
-            w_lines = w_lines.transpose(1, 2) if transpose else w_lines
-            target = out.movedim(axis, -2)[index]
-            if axis == 3 and target.is_contiguous():
-                torch.bmm(w_lines, v_lines, out=target.view(-1, *target.shape[-2:]))
-                continue
-            summed = torch.bmm(w_lines, v_lines).view(target.shape)  # B x L x K
-            target.copy_(summed) if axis == 3 else target.add_(summed)
+        line_weights = _lines(weights[..., start : start + size], axis)
+        line_weights = line_weights.transpose(1, 2) if transpose else line_weights
+        target = out.movedim(axis, -2)
+        if axis == 3 and out.is_contiguous():
+            torch.bmm(line_weights, _lines(values, axis), out=out.view(-1, *target.shape[-2:]))
+            continue
+        summed = torch.bmm(line_weights, _lines(values, axis)).view(target.shape)  # B x L x K
+        target.copy_(summed) if axis == 3 else target.add_(summed)
     return out
 
 
@@ -117,11 +108,21 @@ def criss_cross_attention(qk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     (N x T x H x W x (T + H + W), at least float32, zero at the two masked self-positions). The
     softmax is taken in float32 whatever the dtype of the maps.
     """
+    attention = line_attention(qk)
+    return line_aggregate(attention, v), attention
+
+
+def line_attention(qk: Tensor) -> Tensor:
+    """The attention weights of CCA-3D (Eq. 1-2) from channels-last query and key maps.
+
+    qk: N x T x H x W x 2C', the query channels then the key channels. Returns N x T x H x W x
+    (T + H + W), at least float32, columns as in `line_affinities`: each row sums to 1 over the
+    T + H + W - 2 distinct positions and is zero at the two masked self-positions.
+    """
     q, k = qk.chunk(2, dim=-1)
     _, t, h, _, _ = qk.shape
     energy = mask_self_positions(line_affinities(q, k), t, h)
-    attention = torch.softmax(energy, dim=-1)  # one joint softmax over the T + H + W candidates (Eq. 2)
-    return line_aggregate(attention, v), attention
+    return torch.softmax(energy, dim=-1)  # one joint softmax over the T + H + W candidates (Eq. 2)
 
 
 class CrissCrossFunction(torch.autograd.Function):
@@ -289,14 +290,17 @@ class RCCA3D(nn.Module):
             return context
         return context + (y if self.structure == "b" else x)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def prepared(self, x: Tensor) -> tuple[Tensor, tuple[Projection, ...]]:
+        """The channels-last input and the projections with gamma folded in, for `step`."""
         # N x T x H x W x C, contiguous once here (a view for a channels-last input): every recurrence
         # reads it and adds it, and the matrix products would otherwise each copy a permuted input.
         x_last = x.movedim(1, -1).contiguous()
         if self.restore is None:
-            projections = self.cca.projections(value_scale=self.gamma)
-        else:
-            projections = (*self.cca.projections(), projection(self.restore, self.gamma))
+            return x_last, self.cca.projections(value_scale=self.gamma)
+        return x_last, (*self.cca.projections(), projection(self.restore, self.gamma))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x_last, projections = self.prepared(x)
         recompute = self.memory_efficient and torch.is_grad_enabled()
         y = x_last
         for _ in range(self.recurrence):
@@ -307,3 +311,18 @@ class RCCA3D(nn.Module):
         if self.structure == "d":
             y = y + x_last
         return from_channels_last(y, x)
+
+    @torch.no_grad()
+    def attention_weights(self, x: Tensor) -> list[Tensor]:
+        """The attention weights of each of the R passes on the input `x` (N x C x T x H x W), for inspection.
+
+        Returns:
+            R tensors N x T x H x W x (T + H + W) (`line_attention`): pass r's weights of every query
+            over its temporal, vertical and horizontal lines, computed from Y_{r-1}.
+        """
+        x_last, projections = self.prepared(x)
+        weights, y = [], x_last
+        for _ in range(self.recurrence):
+            weights.append(line_attention(F.linear(y, *projections[0])))
+            y = self.step(y, x_last, projections)
+        return weights
