@@ -82,3 +82,43 @@ def save_malicious_checkpoint(path: Path, marker: Path, **entries) -> None:
 def synthetic_cache(tmp_path_factory) -> Path:
     """One cache folder for the tiny synthetic set, shared by the tests of a session."""
     return tmp_path_factory.mktemp("cache")
+
+
+# An untrained checkpoint's model: TSM ResNet-18 at width 8 with RCCA-3D (the quick-start's), 64-pixel crops, 8 frames.
+TINY_MODEL = ["backbone.width=8", "data.crop_size=64", "test.resize_short=64", "trainer.device=cpu"]
+TINY_CLASSES = [f"action {index}" for index in range(8)]
+
+
+def save_tiny_checkpoint(path: Path, *overrides: str) -> Path:
+    """An untrained run checkpoint of the tiny model (with `overrides`), as the trainer writes one, with
+    `TINY_CLASSES` as its class names."""
+    from omegaconf import OmegaConf
+
+    from rcca.config import compose_config
+    from rcca.engine.checkpoints import RunCheckpoint
+    from rcca.models.build import build_model
+
+    cfg = compose_config([*TINY_MODEL, *overrides])
+    model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    RunCheckpoint(model.state_dict(), OmegaConf.to_container(cfg, resolve=True), TINY_CLASSES).save(path)
+    return path
+
+
+def write_square_video(path: Path, frames: int = 16) -> Path:
+    """`frames` frames of 80 x 96 (MPEG-4): a red square moving right, a green square still."""
+    import av
+    import numpy as np
+
+    pixels = np.zeros((frames, 80, 96, 3), np.uint8)
+    for t in range(frames):
+        pixels[t, 10:40, 5 + 4 * t : 35 + 4 * t] = (220, 60, 30)
+        pixels[t, 50:70, 60:80] = (30, 200, 60)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("mpeg4", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 80, "yuv420p"
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path

@@ -212,10 +212,11 @@ def build_train_dataset(
 
 def build_test_dataset(
     root: Path, records: list[VideoRecord], clip: ClipSampling, dataset: DatasetConfig, views: TestConfig,
-    crop_size: int, seed: int,
+    crop_size: int, seed: int, view_shape: tuple[int, ...] | None = None,
 ) -> VideoDataset:
     """The test dataset: `views.num_clips` clips x `views.num_crops` crops of `crop_size` per video, after a
-    short-side resize to `views.resize_short`; undecodable videos are reported, not replaced."""
+    short-side resize to `views.resize_short`; undecodable videos are reported, not replaced (with zero views
+    of `view_shape`, by default that of the first video that decodes)."""
     return VideoDataset(
         root,
         records,
@@ -225,6 +226,7 @@ def build_test_dataset(
         clips_per_video=views.num_clips,
         replace_failed=False,
         seed=seed,
+        view_shape=view_shape,
     )
 
 

@@ -47,6 +47,8 @@ class VideoDataset(Dataset):
         clips_per_video: how many clips `choose_indices` returns per video.
         replace_failed: training behaviour for undecodable videos (replace them); when
             False (testing) they come back with `ok = False` and zero pixels.
+        view_shape: the shape of a good video's clip (V x C x T x H x W), for those zero pixels;
+            None: taken from the first video that decodes.
 
     Each item is a dict: `clip` (C x T x H x W in training; V x C x T x H x W in testing with
     V = clips_per_video x crops), `label`, `index`, `ok`, `failed` (path of the video that
@@ -63,6 +65,7 @@ class VideoDataset(Dataset):
         clips_per_video: int = 1,
         replace_failed: bool = True,
         seed: int = 0,
+        view_shape: tuple[int, ...] | None = None,
     ) -> None:
         self.root = Path(root)
         self.records = records
@@ -72,6 +75,7 @@ class VideoDataset(Dataset):
         self.clips_per_video = clips_per_video
         self.replace_failed = replace_failed
         self.seed = seed
+        self._view_shape = view_shape
 
     def __len__(self) -> int:
         return len(self.records)
@@ -107,7 +111,7 @@ class VideoDataset(Dataset):
 
     def _placeholder(self) -> Tensor:
         """Zero views with the shape a good video would have, so batches still collate."""
-        if not hasattr(self, "_view_shape"):
+        if self._view_shape is None:
             for probe in range(len(self.records)):
                 try:
                     self._view_shape = self._load(probe, np.random.default_rng(0)).shape

@@ -199,3 +199,35 @@ def script_arguments(argv: list[str], keys: Mapping[str, ScriptKey], usage: str)
     if missing:
         raise UserError(f"{missing[0]}= is required: {keys[missing[0]].help}")
     return values, overrides
+
+
+def script_bool(key: str, value: str) -> bool:
+    """A script's true/false argument.
+
+    Raises:
+        UserError: one line, for any other value.
+    """
+    if value.lower() not in ("true", "false"):
+        raise UserError(f"{key}={value}: must be true or false")
+    return value.lower() == "true"
+
+
+def script_int(key: str, value: str, least: int) -> int:
+    """A script's integer argument of at least `least`.
+
+    Raises:
+        UserError: one line, for anything else.
+    """
+    try:
+        number = int(value)
+    except ValueError:
+        number = least - 1
+    if number < least:
+        raise UserError(f"{key}={value}: must be an integer >= {least}")
+    return number
+
+
+def log_to_terminal() -> None:
+    """Show the rcca logger's progress lines on stderr (scripts that do not run under Hydra)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("rcca").setLevel(logging.INFO)

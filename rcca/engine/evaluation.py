@@ -52,13 +52,8 @@ def predict_videos(
         if len(clips) == 0:
             continue
         n, v = clips.shape[:2]
-        views = clips.flatten(0, 1)
-        probabilities = []
-        for chunk in views.split(view_chunk):
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(chunk.to(device, non_blocking=True))
-            probabilities.append(torch.softmax(logits.float(), dim=1))
-        all_scores.append(torch.cat(probabilities).view(n, v, -1).mean(dim=1))
+        probabilities = view_probabilities(model, clips.flatten(0, 1), device, view_chunk, autocast_dtype)
+        all_scores.append(probabilities.view(n, v, -1).mean(dim=1))
         all_labels.append(batch["label"][ok].to(device))
         all_indices.append(batch["index"][ok].to(device))
     num_outputs = _num_outputs(model)
@@ -68,6 +63,34 @@ def predict_videos(
     unique, first = _first_occurrence(indices)
     failed = dict(sorted(gather_lists(failed)))  # sampler padding can repeat a video
     return scores[first].cpu(), labels[first].cpu(), unique.tolist(), failed
+
+
+@torch.no_grad()
+def view_probabilities(
+    model: nn.Module,
+    views: Tensor,
+    device: torch.device,
+    view_chunk: int = VIEWS_PER_FORWARD,
+    autocast_dtype: torch.dtype | None = None,
+) -> Tensor:
+    """Softmax class probabilities of each view, `view_chunk` views per forward pass.
+
+    Args:
+        model: the model, in eval mode.
+        views: V x C x T x H x W clips.
+        device: where the model is.
+        view_chunk: views per forward pass.
+        autocast_dtype: the mixed-precision dtype (None: float32).
+
+    Returns:
+        V x K float32 probabilities, on `device`.
+    """
+    probabilities = []
+    for chunk in views.split(view_chunk):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = model(chunk.to(device, non_blocking=True))
+        probabilities.append(torch.softmax(logits.float(), dim=1))
+    return torch.cat(probabilities)
 
 
 def _first_occurrence(indices: Tensor) -> tuple[Tensor, Tensor]:

@@ -179,7 +179,7 @@ def generic_class_names(count: int) -> list[str]:
 
 
 def video_paths(path: str | Path) -> list[Path]:
-    """The video given, or the videos directly inside the folder given (by file suffix, sorted by name).
+    """The video given, or the videos in the folder given and its subfolders (by file suffix, sorted by path).
 
     Raises:
         UserError: one line, when the path does not exist or the folder holds no video.
@@ -189,7 +189,7 @@ def video_paths(path: str | Path) -> list[Path]:
         return [path]
     if not path.is_dir():
         raise UserError(f"video={path}: no such file or folder; give a video file or a folder of videos")
-    videos = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    videos = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
         suffixes = " ".join(sorted(VIDEO_SUFFIXES))
         raise UserError(f"video={path}: the folder holds no video (files ending in {suffixes}); give another folder")
@@ -197,11 +197,23 @@ def video_paths(path: str | Path) -> list[Path]:
 
 
 def video_dataset(trained: TrainedModel, videos: list[Path]) -> VideoDataset:
-    """The test views of `videos` as `test.py` makes them: `test.num_clips` clips x `test.num_crops` crops each."""
+    """The test views of `videos` as `test.py` makes them: `test.num_clips` clips x `test.num_crops` crops each.
+
+    An undecodable video comes back with `ok = False` (and zero views of the right shape), however
+    many of the others decode.
+    """
     cfg = trained.config
     records = [VideoRecord(str(path.resolve()), -1) for path in videos]  # absolute paths: the root is unused
+    views = cfg.test.num_clips * cfg.test.num_crops
     return build_test_dataset(
-        Path("/"), records, clip_sampling(cfg.backbone), cfg.dataset, cfg.test, cfg.data.crop_size, cfg.seed
+        Path("/"),
+        records,
+        clip_sampling(cfg.backbone),
+        cfg.dataset,
+        cfg.test,
+        cfg.data.crop_size,
+        cfg.seed,
+        view_shape=(views, *trained.input_shape()[1:]),
     )
 
 

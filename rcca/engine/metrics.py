@@ -1,9 +1,14 @@
-"""What a run reports: accuracies, and the formats of metrics.json and predictions.csv (the one place that knows them).
+"""What a run reports: accuracies, and the formats of metrics.json, predictions.csv (test.py) and scores.csv /
+scores.json (scripts/predict.py): the one place that knows them.
 
 A training run's metrics.json holds its final validation (`video_metrics` keys, `failed_videos`,
 `train_failed_videos`) and `best_top1`, `classes`, `excluded_videos`, `missing_videos`,
 `config_history`; a test run's holds the `video_metrics` keys and `checkpoint`, `failed_videos`,
 `excluded_videos`, `missing_videos`, `num_clips`, `num_crops`. Non-finite numbers are written as null.
+
+scripts/predict.py writes, for videos without labels, scores.csv (one row per video: its k best classes and
+their scores, best first) and scores.json (`checkpoint`, `num_clips`, `num_crops`, `classes`, `videos`: per
+video its `top` classes, all K `scores` and each clip's best class in time order, and `failed_videos`).
 """
 
 from __future__ import annotations
@@ -225,3 +230,48 @@ def write_predictions(path: Path, videos: list[str], labels: Tensor, scores: Ten
         best = int(row.argmax())
         out.writerow([video, classes[label], classes[best], f"{row[best]:.4f}"])
     write_atomically(path, text.getvalue().encode())
+
+
+def write_video_scores(
+    folder: Path,
+    videos: list[str],
+    scores: Tensor,
+    clip_scores: list[Tensor],
+    classes: list[str],
+    top_k: int,
+    settings: dict,
+    failed_videos: dict[str, str],
+) -> None:
+    """Write scores.csv and scores.json (see the module's docstring) into `folder`, atomically.
+
+    Args:
+        folder: where the two files go (it exists).
+        videos: the N videos that were scored.
+        scores: their N x K video-level scores.
+        clip_scores: per video, its clips x K scores in time order.
+        classes: the K class names.
+        top_k: classes per video in scores.csv and in the `top` lists.
+        settings: what the JSON records first (checkpoint, num_clips, num_crops).
+        failed_videos: {undecodable video: reason}.
+    """
+    k = min(top_k, len(classes))
+    text = io.StringIO()
+    out = csv.writer(text)
+    out.writerow(["video"] + [f"{column}_{rank}" for rank in range(1, k + 1) for column in ("class", "score")])
+    entries = []
+    for video, row, clips in zip(videos, scores, clip_scores):
+        values, labels = row.topk(k)
+        top = [
+            {"label": label, "class": classes[label], "score": value}
+            for label, value in zip(labels.tolist(), values.tolist())
+        ]
+        out.writerow([video] + [field for entry in top for field in (entry["class"], f"{entry['score']:.4f}")])
+        best = clips.max(dim=1)
+        per_clip = [
+            {"label": label, "class": classes[label], "score": value}
+            for label, value in zip(best.indices.tolist(), best.values.tolist())
+        ]
+        entries.append({"video": video, "top": top, "scores": row.tolist(), "clips": per_clip})
+    write_atomically(folder / "scores.csv", text.getvalue().encode())
+    document = {**settings, "classes": classes, "videos": entries, "failed_videos": failed_videos}
+    write_atomically(folder / "scores.json", (json.dumps(document, indent=1) + "\n").encode())
