@@ -24,8 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import torch
-
 from rcca.config import compose_config
 from rcca.engine.cli import exit_codes
 from rcca.models.build import build_model
@@ -43,9 +41,6 @@ def main(argv: list[str] | None = None) -> None:
         cfg = compose_config(args.overrides)
         backbone = cfg.backbone
         model = build_model(backbone, cfg.module, cfg.dataset.num_classes)
-    # Counting traces one real forward pass. One thread: CPU matmul handles CCA-3D's permuted
-    # line products one tiny matrix at a time, which stalls with 2 threads on a busy machine.
-    torch.set_num_threads(1)
     report = complexity_report(model, (1, 3, backbone.num_frames, args.size, args.size))
     name = f"{backbone.name}-r{backbone.depth}" if backbone.name == "tsm" else backbone.name
     print(f"model: {name} + {cfg.module.name} at {list(cfg.module.positions)}, {cfg.dataset.num_classes} classes")
