@@ -205,6 +205,7 @@ class TrainerConfig:
     device: str = field(default="auto", metadata=one_of("auto", "cpu", "cuda"))  # auto: CUDA when a GPU is visible
     eval_every: int = field(default=1, metadata=at_least(1))  # validate every N epochs (the last epoch always)
     log_every: int = field(default=10, metadata=at_least(1))  # optimizer updates between log lines / TensorBoard points
+    cam_every: int = field(default=1, metadata=at_least(0))  # TensorBoard: class activation maps of the first test video every N validations (0: never); the confusion matrix comes with every validation
     checkpoint_every: int = field(default=0, metadata=at_least(0))  # also write last.pt every N updates (0: at epoch ends only)
     progress: bool = True  # progress bar when the output is a terminal (plain log lines otherwise)
     amp: str = field(default="off", metadata=one_of("off", "bf16", "fp16"))  # mixed precision (fp16 adds a gradient scaler)

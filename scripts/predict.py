@@ -36,17 +36,19 @@ from rcca.progress import count_of
 
 USAGE = "usage: python scripts/predict.py ckpt=<checkpoint> video=<file or folder> [key=value ...]"
 KEYS = {
-    "ckpt": ScriptKey("the checkpoint: a run's last.pt / best.pt, or an official release (see ckpt_format)"),
-    "video": ScriptKey("a video file, or a folder of videos"),
+    "ckpt": ScriptKey(
+        "the checkpoint: a run's last.pt / best.pt, or an official release (see ckpt_format)", required=True
+    ),
+    "video": ScriptKey("a video file, or a folder of videos", required=True),
     "top_k": ScriptKey("classes shown per video", "5"),
     "per_clip": ScriptKey("also show each clip's best class, in time order (true/false)", "false"),
-    "output": ScriptKey("folder for scores.csv and scores.json (a folder of videos: outputs/predict/...)", ""),
+    "output": ScriptKey("folder for scores.csv and scores.json (a folder of videos: outputs/predict/...)"),
     "overwrite": ScriptKey("replace scores.csv / scores.json already in the output folder (true/false)", "false"),
     "ckpt_format": ScriptKey("rcca, or an official release's format: tsm, tsn, mfnet", "rcca"),
 }
 
 
-def output_folder(value: str, video: Path, overwrite: bool) -> Path:
+def output_folder(value: str | None, video: Path, overwrite: bool) -> Path:
     """The folder for scores.csv / scores.json, created; refuses one that holds them unless `overwrite`."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     folder = Path(value) if value else Path("outputs") / "predict" / f"{video.resolve().name}-{stamp}"

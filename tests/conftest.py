@@ -92,6 +92,7 @@ TINY_CLASSES = [f"action {index}" for index in range(8)]
 def save_tiny_checkpoint(path: Path, *overrides: str) -> Path:
     """An untrained run checkpoint of the tiny model (with `overrides`), as the trainer writes one, with
     `TINY_CLASSES` as its class names."""
+    import torch
     from omegaconf import OmegaConf
 
     from rcca.config import compose_config
@@ -99,6 +100,7 @@ def save_tiny_checkpoint(path: Path, *overrides: str) -> Path:
     from rcca.models.build import build_model
 
     cfg = compose_config([*TINY_MODEL, *overrides])
+    torch.manual_seed(0)
     model = build_model(cfg.backbone, cfg.module, cfg.dataset.num_classes)
     path.parent.mkdir(parents=True, exist_ok=True)
     RunCheckpoint(model.state_dict(), OmegaConf.to_container(cfg, resolve=True), TINY_CLASSES).save(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import REPO, TINY, run_entry, start_training
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from rcca.data.synthetic import SyntheticSpec, set_folder_name
 
@@ -24,11 +25,16 @@ def tiny_run(tmp_path: Path, cache: Path, name: str, *extra: str, check: bool = 
 
 
 def test_train_writes_outputs_and_test_reads_them(tmp_path, synthetic_cache):
-    run_dir, result = tiny_run(tmp_path, synthetic_cache, "run", "trainer.epochs=2")
+    run_dir, result = tiny_run(tmp_path, synthetic_cache, "run", "trainer.epochs=2", "trainer.cam_every=2")
     assert "done: 2 epochs" in result.stdout and "video top-1" in result.stdout
     for name in ("last.pt", "best.pt", "metrics.json", "train.log", ".hydra/config.yaml"):
         assert (run_dir / name).is_file(), name
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0})
+    events.Reload()
+    # Two validations: a confusion matrix with each, the CAM image with every second one (the first).
+    assert len(events.Images("val/confusion_matrix")) == 2
+    (cam,) = events.Images("val/class_activation_maps")
+    assert cam.step == events.Images("val/confusion_matrix")[0].step and cam.width > cam.height > 0
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["num_videos"] == 16 and 0 <= metrics["top1"] <= 100
     assert len(metrics["confusion_matrix"]) == 8

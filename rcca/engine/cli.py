@@ -143,20 +143,25 @@ class ScriptKey:
 
     Attributes:
         help: what it sets, for the usage text.
-        default: its value when not given; None makes it required.
+        default: its value when not given (None: not set).
+        required: whether it must be given.
     """
 
     help: str
     default: str | None = None
+    required: bool = False
 
 
-def script_arguments(argv: list[str], keys: Mapping[str, ScriptKey], usage: str) -> tuple[dict[str, str], list[str]]:
+def script_arguments(
+    argv: list[str], keys: Mapping[str, ScriptKey], usage: str
+) -> tuple[dict[str, str | None], list[str]]:
     """Split a script's command line into its own `key=value` arguments and config overrides.
 
-    A key of `keys` is the script's; anything else (`test.num_clips=10`, `dataset=ucf101`, `+x=1`) is
-    returned as a Hydra override for the run config, which `compose_config` checks (an unknown config
-    key fails there with the closest ones). A bare word without a dot or `=` that is no config group
-    is taken for a misspelt script key. `-h` / `--help` prints `usage` and the keys, then exits 0.
+    The script's keys come first (a script may own a name that is also a config group, e.g. `module=`);
+    any other key with a dot, a `+` / `~` prefix, a config group's name or a top-level config key
+    (`test.num_clips=10`, `dataset=ucf101`, `seed=1`) is a Hydra override for the run config, which
+    `compose_config` checks (an unknown config key fails there with the closest ones). `-h` / `--help`
+    prints `usage` and the keys, then exits 0.
 
     Args:
         argv: the command line, less the program (and less a subcommand).
@@ -167,38 +172,39 @@ def script_arguments(argv: list[str], keys: Mapping[str, ScriptKey], usage: str)
         ({key: value} for every script key, defaults filled in; the config overrides, in order).
 
     Raises:
-        UserError: one line, for an unknown script key (with the valid ones) or a missing required one.
+        UserError: one line, for an argument without `=`, an unknown key (naming the valid ones), a key
+            given twice, or a required key left out.
     """
     if any(argument in ("-h", "--help") for argument in argv):
-        lines = [
-            f"  {name}=  {key.help}" + ("" if key.default is None else f" (default {key.default})")
-            for name, key in keys.items()
-        ]
         print(
-            "\n".join([usage, "", "keys:", *lines, "  and config overrides, e.g. test.num_clips=10 trainer.device=cpu"])
+            "\n".join([usage, "", "keys:", *script_key_lines(keys), "  and config overrides, e.g. trainer.device=cpu"])
         )
         sys.exit(0)
-    values = {name: key.default for name, key in keys.items()}
-    overrides = []
     groups = {entry.name for entry in CONFIG_DIR.iterdir() if entry.is_dir()}
+    given: dict[str, str] = {}
+    overrides = []
     for argument in argv:
-        name, equals, value = argument.partition("=")
-        if name in keys and equals:
-            values[name] = value
-        elif equals and (
-            "." in name or name.lstrip("+~") in groups or name.startswith(("+", "~")) or name in SCHEMA_TOP_KEYS
-        ):
+        key, equals, value = argument.partition("=")
+        if key in given:
+            raise UserError(f"{key}= is given twice")
+        if equals and key in keys:
+            given[key] = value
+        elif equals and ("." in key or key[:1] in "+~" or key in groups or key in SCHEMA_TOP_KEYS):
             overrides.append(argument)
         else:
-            valid = ", ".join(f"{key}=" for key in keys)
-            raise UserError(
-                f"{argument}: not an argument of this script; its keys are {valid} "
-                "and config overrides such as test.num_clips=10"
-            )
-    missing = [name for name, value in values.items() if value is None]
+            valid = ", ".join(f"{name}=" for name in keys)
+            raise UserError(f"{argument}: not an argument of this script; its keys are {valid} and config overrides")
+    missing = [name for name, key in keys.items() if key.required and not given.get(name)]
     if missing:
         raise UserError(f"{missing[0]}= is required: {keys[missing[0]].help}")
-    return values, overrides
+    return {name: given.get(name, key.default) for name, key in keys.items()}, overrides
+
+
+def script_key_lines(keys: Mapping[str, ScriptKey]) -> list[str]:
+    """One help line per script key, with its default."""
+    return [
+        f"  {name}=  {key.help}" + (f" (default {key.default})" if key.default else "") for name, key in keys.items()
+    ]
 
 
 def script_bool(key: str, value: str) -> bool:

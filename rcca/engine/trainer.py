@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader
 
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.data.build import loading_failure
+from rcca.engine.board_images import can_draw, write_validation_images
 from rcca.engine.checkpoints import (
     RunCheckpoint,
     TrainingPosition,
@@ -198,6 +199,8 @@ class Trainer:
         self._verified: _VerifiedState | None = None  # the last state whose losses were all finite
         self.stop_requested = False  # on any process (after the next check)
         self._stop_signal: int | None = None  # the stop signal this process received
+        self._draws_images: bool | None = None  # TensorBoard images at validations: decided at the first one
+        self._validations_drawn = 0
         self._previous_handlers: dict[int, object] = {}  # what handled each stop signal before `fit` (a scheduler's)
         self._validation_s: float | None = None  # how long the last validation of this process took
         self._update_loss_sum: Tensor | None = None  # float64 sum of the current update's micro-batch losses so far
@@ -734,6 +737,20 @@ class Trainer:
         if self.writer is not None:
             for key in ("top1", "top5", "mean_class_accuracy"):
                 self.writer.add_scalar(f"val/{key}", metrics[key], self.position.step)
+            if self._draws_images is None:
+                self._draws_images = can_draw()
+            if self._draws_images:
+                cam = self.cfg.cam_every > 0 and self._validations_drawn % self.cfg.cam_every == 0
+                model, clip = (self.model_without_ddp, self._cam_clip()) if cam else (None, None)
+                write_validation_images(
+                    self.writer, self.position.step, metrics["confusion_matrix"], self.class_names, model, clip
+                )
+                self._validations_drawn += 1
+
+    def _cam_clip(self) -> Tensor | None:
+        """The first view of the first test video (None when it cannot be decoded): the clip of the CAM images."""
+        item = self.test_loader.dataset[0]
+        return item["clip"][0] if item["ok"] else None
 
 
 def autocast_dtype(amp: str) -> torch.dtype | None:
