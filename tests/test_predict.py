@@ -113,7 +113,7 @@ def test_an_official_tsm_release_is_read_through_the_converter(tmp_path):
         (["ckpt={ckpt}", "vidoe={video}"], "vidoe={video}: not an argument of this script"),
         (["ckpt={ckpt}", "video={video}", "top_k=0"], "top_k=0: must be an integer >= 1"),
         (["ckpt={ckpt}", "video={video}", "test.num_clip=2"], "unknown key test.num_clip"),
-        (["ckpt={ckpt}", "video={video}", "backbone.depth=50"], "evaluates the checkpoint's own model"),
+        (["ckpt={ckpt}", "video={video}", "backbone.depth=50"], "the checkpoint's own model is used"),
         (["ckpt={ckpt}", "video={video}", "ckpt_format=caffe"], "ckpt_format=caffe: choose one of"),
     ],
 )

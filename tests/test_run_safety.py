@@ -376,7 +376,7 @@ def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_
     ]:
         with pytest.raises(UserError, match=re.escape(expected)) as info:
             checkpoint_config(compose_config(overrides), saved, overrides)
-        assert str(info.value).startswith(f"{overrides[0]}: test.py evaluates the checkpoint's own model")
+        assert str(info.value).startswith(f"{overrides[0]}: the checkpoint's own model is used")
     # Repeating the checkpoint's own value is fine, and other sections still apply.
     merged = checkpoint_config(
         compose_config(["module.recurrence=3", "test.num_clips=2"]), saved, ["module.recurrence=3", "test.num_clips=2"]
@@ -385,4 +385,4 @@ def test_test_py_refuses_overrides_that_build_another_model(tmp_path, synthetic_
     result = run_entry(
         "test.py", f"ckpt={trained / 'last.pt'}", "backbone=mfnet", f"hydra.run.dir={tmp_path / 't'}", check=False
     )
-    assert "backbone=mfnet: test.py evaluates the checkpoint's own model" in one_line_error(result)
+    assert "backbone=mfnet: the checkpoint's own model is used" in one_line_error(result)

@@ -71,7 +71,7 @@ def checkpoint_config(cfg: DictConfig, saved: dict, overrides: list[str]) -> Dic
             differences = model_differences(OmegaConf.select(cfg, key), OmegaConf.select(merged, key), key)
             if differences:
                 raise UserError(
-                    f"{override.input_line}: test.py evaluates the checkpoint's own model, and this asks for another "
+                    f"{override.input_line}: the checkpoint's own model is used, and this asks for another "
                     f"({'; '.join(differences[:3])}); drop it"
                 )
             continue

@@ -38,8 +38,14 @@ def _lines(x: Tensor, axis: int) -> Tensor:
     W (and for T when N = 1), a copy for H: one large product over a copy stays fast on a busy
     machine, where a loop of per-frame products waits at a thread barrier each time.
     """
-    moved = x.movedim(axis, -2)
+    moved = x.movedim(axis, 3)
     return moved.reshape(-1, *moved.shape[-2:])
+
+
+def _unlines(y: Tensor, shape: tuple[int, ...], axis: int) -> Tensor:
+    """Inverse of `_lines` for a result B x L x K: -> N x T x H x W x K (a view of `y`)."""
+    others = [shape[i] for i in range(4) if i != axis]
+    return y.view(*others, shape[axis], y.shape[-1]).movedim(3, axis)
 
 
 def line_columns(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -56,48 +62,46 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     out[n,t,h,w,T+h'] = <a[n,t,h,w], b[n,t,h',w]>, out[n,t,h,w,T+H+w'] = <a[n,t,h,w], b[n,t,h,w']>.
     """
     shape = tuple(a.shape[:4])
-    columns = line_columns(shape)
-    out = a.new_empty(*shape, columns[-1][1] + columns[-1][2], dtype=torch.promote_types(a.dtype, torch.float32))
-    for axis, start, size in columns:
-        block = out[..., start : start + size].movedim(axis, -2)
-        block.copy_(torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2)).view(block.shape))  # B x L x L'
-    return out
+    blocks = [
+        _unlines(torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2)), shape, axis)  # B x L x L' each
+        for axis, _, _ in line_columns(shape)
+    ]
+    return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
 
 
-def line_aggregate(weights: Tensor, values: Tensor, out: Tensor | None = None, transpose: bool = False) -> Tensor:
+def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False) -> Tensor:
     """Weighted sums of `values` along the three lines of every position.
 
     weights: N x T x H x W x (T + H + W), columns as in `line_affinities`; values: N x T x H x W x K.
-    Returns N x T x H x W x K, written into `out` (any strides) when given. Eq. (3) of the paper:
+    Returns a new N x T x H x W x K tensor, contiguous (Eq. 3 of the paper):
         out[n,t,h,w] = sum_t' weights[n,t,h,w,t'] values[n,t',h,w]
                      + sum_h' weights[n,t,h,w,T+h'] values[n,t,h',w] + sum_w' weights[n,t,h,w,T+H+w'] values[n,t,h,w'].
     With `transpose`, each line's weight matrix is transposed (the adjoint map, used by the
     backward pass): out[n,t',h,w] gets weights[n,t,h,w,t'] values[n,t,h,w], and so on.
+    Nothing is written in place, so tracing and ONNX export see plain products and sums.
     """
     shape = tuple(values.shape[:4])
     weights = weights.to(values.dtype)
-    out = values.new_empty(values.shape) if out is None else out
-    for axis, start, size in reversed(line_columns(shape)):  # W first: its sums are written, the others added
+    out = None
+    for axis, start, size in reversed(line_columns(shape)):  # W first: its sums come out contiguous
         line_weights = _lines(weights[..., start : start + size], axis)
         line_weights = line_weights.transpose(1, 2) if transpose else line_weights
-        target = out.movedim(axis, -2)
-        if axis == 3 and out.is_contiguous():
-            torch.bmm(line_weights, _lines(values, axis), out=out.view(-1, *target.shape[-2:]))
-            continue
-        summed = torch.bmm(line_weights, _lines(values, axis)).view(target.shape)  # B x L x K
-        target.copy_(summed) if axis == 3 else target.add_(summed)
+        summed = _unlines(torch.bmm(line_weights, _lines(values, axis)), shape, axis)
+        out = summed if out is None else out + summed
     return out
 
 
-def mask_self_positions(energy: Tensor, t: int, h: int) -> Tensor:
-    """Set to -inf, in place, the query's own position on its temporal and vertical lines.
+def self_position_mask(t: int, h: int, w: int, device: torch.device) -> Tensor:
+    """T x H x W x (T + H + W) booleans, true at each query's own position on its temporal and vertical lines.
 
-    The position lies on all three lines; it is kept on the horizontal one only, so the
-    softmax runs over T + H + W - 2 distinct positions.
+    The position lies on all three lines; it is kept on the horizontal one only, so the softmax runs
+    over T + H + W - 2 distinct positions. E.g. T = H = W = 2: query (1, 0, w) masks columns 1 (t' = 1)
+    and 2 (h' = 0), for either w.
     """
-    energy[..., :t].diagonal(dim1=1, dim2=4).fill_(float("-inf"))
-    energy[..., t : t + h].diagonal(dim1=2, dim2=4).fill_(float("-inf"))
-    return energy
+    column = torch.arange(t + h + w, device=device)
+    frame = torch.arange(t, device=device).view(t, 1, 1, 1)
+    row = torch.arange(h, device=device).view(1, h, 1, 1)
+    return ((column == frame) | (column == t + row)).expand(t, h, w, t + h + w)
 
 
 def criss_cross_attention(qk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
@@ -120,8 +124,8 @@ def line_attention(qk: Tensor) -> Tensor:
     T + H + W - 2 distinct positions and is zero at the two masked self-positions.
     """
     q, k = qk.chunk(2, dim=-1)
-    _, t, h, _, _ = qk.shape
-    energy = mask_self_positions(line_affinities(q, k), t, h)
+    _, t, h, w, _ = qk.shape
+    energy = line_affinities(q, k).masked_fill_(self_position_mask(t, h, w, qk.device), float("-inf"))
     return torch.softmax(energy, dim=-1)  # one joint softmax over the T + H + W candidates (Eq. 2)
 
 
@@ -152,14 +156,12 @@ class CrissCrossFunction(torch.autograd.Function):
         with torch.autocast(qk.device.type, enabled=False):
             grad = grad.to(v.dtype).contiguous()
             q, k = qk.chunk(2, dim=-1)
-            grad_qk = torch.empty_like(qk)
-            grad_q, grad_k = grad_qk.chunk(2, dim=-1)
             # dE = A (D - s): the softmax's own backward kernel, one pass.
             grad_energy = torch._softmax_backward_data(line_affinities(grad, v), attention, -1, attention.dtype)
             grad_v = line_aggregate(attention, grad, transpose=True)
-            line_aggregate(grad_energy, k, grad_q)
-            line_aggregate(grad_energy, q, grad_k, transpose=True)
-        return grad_qk, grad_v
+            grad_q = line_aggregate(grad_energy, k)
+            grad_k = line_aggregate(grad_energy, q, transpose=True)
+        return torch.cat([grad_q, grad_k], dim=-1), grad_v
 
 
 Projection = tuple[Tensor, Tensor]  # a 1x1x1 convolution as a matrix product: its out x in weight and its bias
@@ -212,12 +214,12 @@ class CrissCrossAttention3D(nn.Module):
         return criss_cross_attention(qk, v)[0]  # inference: the same products, nothing saved
 
     def forward(self, x: Tensor) -> Tensor:
-        return from_channels_last(self.forward_channels_last(x.movedim(1, -1)), x)
+        return from_channels_last(self.forward_channels_last(x.movedim(1, 4)), x)
 
 
 def from_channels_last(y: Tensor, like: Tensor) -> Tensor:
     """N x T x H x W x C -> N x C x T x H x W, in the memory format of `like` (a view when channels-last)."""
-    y = y.movedim(-1, 1)
+    y = y.movedim(4, 1)
     if like.is_contiguous(memory_format=torch.channels_last_3d) and not like.is_contiguous():
         return y.contiguous(memory_format=torch.channels_last_3d)
     return y.contiguous()
@@ -294,7 +296,7 @@ class RCCA3D(nn.Module):
         """The channels-last input and the projections with gamma folded in, for `step`."""
         # N x T x H x W x C, contiguous once here (a view for a channels-last input): every recurrence
         # reads it and adds it, and the matrix products would otherwise each copy a permuted input.
-        x_last = x.movedim(1, -1).contiguous()
+        x_last = x.movedim(1, 4).contiguous()
         if self.restore is None:
             return x_last, self.cca.projections(value_scale=self.gamma)
         return x_last, (*self.cca.projections(), projection(self.restore, self.gamma))

@@ -7,8 +7,6 @@ Two choices are made here:
 
 * Batch normalisation counts one MAC per element (at inference it is the affine map
   y = a x + b); fvcore's default handle would count two.
-* A batched product written into a given tensor (`torch.bmm(a, b, out=c)`, as CCA-3D
-  does) is counted like one without; fvcore's own handle rejects the third argument.
 * Element-wise work and pooling (`NEGLIGIBLE_OPS`: residual additions, gamma scaling,
   softmax, masks, max-pooling, averages) is not counted, as in the paper and in
   fvcore's own defaults. The report lists every such op it skipped, and any other op
@@ -54,7 +52,7 @@ NEGLIGIBLE_OPS = frozenset(
     {
         "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div",
         "aten::softmax", "aten::eye", "aten::masked_fill", "aten::mean", "aten::new_ones",
-        "aten::diagonal", "aten::fill_", "aten::movedim", "aten::alias",
+        "aten::movedim", "aten::masked_fill_", "aten::__or__",
         "aten::max_pool2d", "aten::max_pool3d", "aten::avg_pool2d", "aten::avg_pool3d",
         "aten::adaptive_avg_pool3d", "aten::sigmoid", "aten::exp",
     }
@@ -64,11 +62,6 @@ NEGLIGIBLE_OPS = frozenset(
 def batchnorm_mac_jit(inputs: list[Any], outputs: list[Any]) -> int:
     """fvcore handle for `aten::batch_norm`: one MAC per input element (the inference affine map)."""
     return math.prod(get_shape(inputs[0]))
-
-
-def bmm_mac_jit(inputs: list[Any], outputs: list[Any]) -> int:
-    """fvcore handle for `aten::bmm`, with or without `out=`: B x M x K x N MACs."""
-    return math.prod(get_shape(inputs[0])) * get_shape(inputs[1])[-1]
 
 
 def count_parameters(module: nn.Module) -> int:
@@ -86,9 +79,7 @@ def mac_analysis(model: nn.Module, inputs: Tensor) -> FlopCountAnalysis:
     (it applies their weights itself, e.g. CCA-3D's q, k, v convolutions as matrix products,
     and the traced product is counted).
     """
-    analysis = FlopCountAnalysis(model, inputs).set_op_handle(
-        "aten::batch_norm", batchnorm_mac_jit, "aten::bmm", bmm_mac_jit
-    )
+    analysis = FlopCountAnalysis(model, inputs).set_op_handle("aten::batch_norm", batchnorm_mac_jit)
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     with torch.no_grad():  # the inference graph: CCA-3D's autograd.Function would trace as one opaque op
         analysis.total()  # runs the trace; the queries below need its results
