@@ -68,6 +68,8 @@ from rcca.data.annotations import VideoRecord
 from rcca.data.build import ClipSampling, build_loader
 from rcca.data.datasets import VideoDataset
 from rcca.data.decoding import read_frames_decord
+from rcca.data.preparation.media import resize_jobs
+from rcca.data.preparation.runner import run_jobs
 from rcca.data.samplers import EpochSampler
 from rcca.data.synthetic import write_video
 from rcca.data.transforms import build_train_transform
@@ -501,13 +503,16 @@ def time_quickstart(busy: int) -> float:
 # ---------------------------------------------------------------------------- data
 
 
-def write_test_videos(folder: Path, count: int, frames: int, seed: int = 0) -> list[VideoRecord]:
-    """`count` 320x240 MPEG-4 videos of smooth moving texture; returns their records."""
+def write_test_videos(
+    folder: Path, count: int, frames: int, seed: int = 0, size: tuple[int, int] = (320, 240)
+) -> list[VideoRecord]:
+    """`count` MPEG-4 videos of `size` (width, height; multiples of 8) of smooth moving texture; their records."""
     rng = np.random.default_rng(seed)
+    width, height = size
     records = []
     for i in range(count):
-        coarse = rng.integers(0, 256, size=(30, 40, 3), dtype=np.uint8)
-        texture = coarse.repeat(8, axis=0).repeat(8, axis=1)  # 240 x 320 x 3
+        coarse = rng.integers(0, 256, size=(height // 8, width // 8, 3), dtype=np.uint8)
+        texture = coarse.repeat(8, axis=0).repeat(8, axis=1)  # height x width x 3
         dy, dx = rng.integers(-3, 4, size=2)
         video = np.stack([np.roll(texture, (t * dy, t * dx), axis=(0, 1)) for t in range(frames)])
         path = f"video_{i:03d}.mp4"
@@ -529,37 +534,67 @@ def clips_per_second(dataset: VideoDataset, batch: int, workers: int, epochs: in
     return clips / (time.perf_counter() - start)
 
 
-def benchmark_data(args: argparse.Namespace) -> dict:
+def video_size(text: str) -> tuple[int, int]:
+    """`--size WxH`: width and height, multiples of 8."""
+    width, _, height = text.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) % 8 == 0 and int(height) % 8 == 0):
+        raise argparse.ArgumentTypeError(f"{text}: expected WIDTHxHEIGHT, multiples of 8 (e.g. 1280x720)")
+    return int(width), int(height)
+
+
+def loader_rates(root: Path, records: list[VideoRecord], args: argparse.Namespace) -> dict:
+    """Training-pipeline clips/s of the videos under `root`, per clip sampling, backend and worker count (printed)."""
     transform = build_train_transform(224, [1.0, 0.875, 0.75, 0.66], flip=True)
+    print(f"{'clips':<18} {'backend':<8} " + " ".join(f"{f'{w} workers':>10}" for w in args.workers) + "   (clips/s)")
     rates: dict[str, dict[str, dict[int, float]]] = {}
+    for clip_name, (sampling, frames, interval) in CLIPS.items():
+        choose = ClipSampling(sampling, frames, interval).train_indices
+        rates[clip_name] = {}
+        for backend in BACKENDS:
+            dataset = VideoDataset(root, records, backend, choose, transform, seed=0)
+            rates[clip_name][backend] = {w: clips_per_second(dataset, args.batch, w, args.epochs) for w in args.workers}
+            row = " ".join(f"{rates[clip_name][backend][w]:>10.1f}" for w in args.workers)
+            print(f"{clip_name:<18} {backend:<8} {row}", flush=True)
+    return rates
+
+
+def benchmark_data(args: argparse.Namespace) -> dict:
+    width, height = args.size
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
+        root = Path(tmp) / "videos"
         start = time.perf_counter()
-        records = write_test_videos(root, args.videos, args.video_frames)
+        records = write_test_videos(root, args.videos, args.video_frames, size=args.size)
         print(
-            f"wrote {args.videos} videos of {args.video_frames} frames, 320x240, in {time.perf_counter() - start:.1f}s"
+            f"wrote {args.videos} videos of {args.video_frames} frames, {width}x{height}, "
+            f"in {time.perf_counter() - start:.1f}s"
         )
         # read_frames falls back to PyAV when decord fails: make sure decord reads these videos itself
         probe = read_frames_decord(root / records[0].path, lambda n: [0, n - 1])
-        if probe.shape[-2:] != (240, 320):
-            raise RuntimeError(f"decord read frames of {tuple(probe.shape[-2:])}, expected 240 x 320")
-        print(
-            f"{'clips':<18} {'backend':<8} " + " ".join(f"{f'{w} workers':>10}" for w in args.workers) + "   (clips/s)"
-        )
-        for clip_name, (sampling, frames, interval) in CLIPS.items():
-            choose = ClipSampling(sampling, frames, interval).train_indices
-            rates[clip_name] = {}
-            for backend in BACKENDS:
-                dataset = VideoDataset(root, records, backend, choose, transform, seed=0)
-                rates[clip_name][backend] = {
-                    w: clips_per_second(dataset, args.batch, w, args.epochs) for w in args.workers
-                }
-                row = " ".join(f"{rates[clip_name][backend][w]:>10.1f}" for w in args.workers)
-                print(f"{clip_name:<18} {backend:<8} {row}", flush=True)
-    ratios = {clip: {w: rates[clip]["decord"][w] / rates[clip]["pyav"][w] for w in args.workers} for clip in rates}
-    for clip, by_workers in ratios.items():
-        print(f"decord / PyAV, {clip}: " + ", ".join(f"{w} workers x{r:.2f}" for w, r in by_workers.items()))
-    return {"cpus": torch.get_num_threads(), "clips_per_s": rates, "decord_over_pyav": ratios}
+        if probe.shape[-2:] != (height, width):
+            raise RuntimeError(f"decord read frames of {tuple(probe.shape[-2:])}, expected {height} x {width}")
+        rates = loader_rates(root, records, args)
+        ratios = {clip: {w: rates[clip]["decord"][w] / rates[clip]["pyav"][w] for w in args.workers} for clip in rates}
+        for clip, by_workers in ratios.items():
+            print(f"decord / PyAV, {clip}: " + ", ".join(f"{w} workers x{r:.2f}" for w, r in by_workers.items()))
+        result = {"cpus": torch.get_num_threads(), "clips_per_s": rates, "decord_over_pyav": ratios}
+        if args.resized_short_side:
+            resized = Path(tmp) / "resized"
+            jobs = resize_jobs(root, resized, args.resized_short_side)
+            start = time.perf_counter()
+            run_jobs(jobs, verb="resize", destination=resized, workers=max(args.workers), bars=False, unit="video")
+            seconds = time.perf_counter() - start
+            print(f"resized to short side {args.resized_short_side} (scripts/prepare.py resize) in {seconds:.1f}s:")
+            after = loader_rates(resized, records, args)
+            gains = {
+                clip: {b: {w: after[clip][b][w] / rates[clip][b][w] for w in args.workers} for b in BACKENDS}
+                for clip in rates
+            }
+            for clip, by_backend in gains.items():
+                for backend, by_workers in by_backend.items():
+                    line = ", ".join(f"{w} workers x{g:.2f}" for w, g in by_workers.items())
+                    print(f"resized / original, {clip}, {backend}: {line}")
+            result.update(resized_clips_per_s=after, resized_over_original=gains, resize_seconds=seconds)
+    return result
 
 
 # ---------------------------------------------------------------------------- training
@@ -755,6 +790,14 @@ def main(argv: list[str] | None = None) -> None:
     data.add_argument("--batch", type=int, default=4)
     data.add_argument("--epochs", type=int, default=3, help="timed epochs per setting (after one warm-up epoch)")
     data.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
+    data.add_argument(
+        "--size", type=video_size, default=(320, 240), help="WIDTHxHEIGHT of the videos (default 320x240)"
+    )
+    data.add_argument(
+        "--resized-short-side",
+        type=int,
+        help="also measure the set resized to this short side (scripts/prepare.py resize)",
+    )
     training = commands.add_parser("training", parents=[runs_models], help="Table VI models: training clips/s")
     training.add_argument(
         "--rows",

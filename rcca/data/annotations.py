@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "VIDEO_SUFFIXES",
     "AnnotationError",
     "Annotations",
     "VideoRecord",
@@ -44,6 +45,8 @@ __all__ = [
 
 _SPLITS = (1, 2, 3)
 _KINETICS_LAYOUTS = ("flat", "per_label")
+# File suffixes taken for videos where a folder is searched for them (prediction, data preparation).
+VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
 _CONFIG_HINT = "set `dataset.annotations` to the folder holding the split files"
 
 

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 from rcca.config import INIT_FORMATS, Config, compose_config, validate_config
-from rcca.data.annotations import VideoRecord, read_class_names
+from rcca.data.annotations import VIDEO_SUFFIXES, VideoRecord, read_class_names
 from rcca.data.build import build_test_dataset, clip_sampling
 from rcca.data.datasets import VideoDataset
 from rcca.engine.checkpoints import RunCheckpoint, read_checkpoint, read_run_checkpoint
@@ -31,7 +31,6 @@ from rcca.models.convert import load_pretrained
 log = logging.getLogger("rcca")
 
 MODEL_SECTIONS = ("backbone", "module")  # taken from the checkpoint, never from the command line
-VIDEO_SUFFIXES = frozenset({".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv"})
 
 
 @dataclass
