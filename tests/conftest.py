@@ -61,6 +61,17 @@ def start_training(*overrides: str, stderr: int = subprocess.DEVNULL, new_sessio
     )
 
 
+def load_script(name: str):
+    """scripts/<name>.py as a module, so that a test runs its `main(argv)` in this process."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses of the script look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
 class WritesMarker:
     """Unpickling an instance runs `Path(marker).write_text("code ran")`: what a malicious checkpoint does."""
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO
+from conftest import load_script
 from omegaconf import OmegaConf
 from torch import nn
 
@@ -102,12 +101,7 @@ def save_checkpoint(path: Path, *overrides: str) -> Path:
 
 @pytest.fixture(scope="module")
 def script():
-    """scripts/export.py as a module (its `main` runs in this process)."""
-    spec = importlib.util.spec_from_file_location("export_script", REPO / "scripts" / "export.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("export")
 
 
 def run_script(script, argv: list[str], capsys) -> tuple[int, str, str]:

@@ -4,12 +4,11 @@ averages them, per-clip scores, the CSV / JSON of a folder, official releases, a
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 
 import pytest
 import torch
-from conftest import REPO, TINY_CLASSES, TINY_MODEL, run_entry, save_tiny_checkpoint, write_square_video
+from conftest import TINY_CLASSES, TINY_MODEL, load_script, run_entry, save_tiny_checkpoint, write_square_video
 
 from rcca.engine.checkpoints import save_checkpoint
 from rcca.engine.inference import load_trained_model, read_views
@@ -18,11 +17,7 @@ from rcca.errors import UserError
 
 
 def predict_script():
-    """scripts/predict.py as a module (its `main` runs in this process)."""
-    spec = importlib.util.spec_from_file_location("predict_script", REPO / "scripts" / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("predict")
 
 
 @pytest.fixture(scope="module")

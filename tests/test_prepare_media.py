@@ -109,11 +109,9 @@ def test_resize_gives_the_short_side_aspect_rate_and_frames_that_the_reader_read
     assert sorted(p.name for p in destination.rglob("*")) == ["a", "b", "tall.avi", "wide.mp4"]
 
 
-def test_resume_skips_done_videos_and_removes_only_dead_runs_temporaries(tmp_path):
-    source, destination = tmp_path / "src", tmp_path / "dst"
-    for name in ("one.mp4", "two.mp4"):
-        make_video(source / name, frames=6)
-    summary = run_jobs(
+def resize_all(source: Path, destination: Path):
+    """`prepare.py resize` of every video under `source` to short side 32, 2 workers, without a bar."""
+    return run_jobs(
         resize_jobs(source, destination, 32),
         verb="resize",
         destination=destination,
@@ -121,6 +119,13 @@ def test_resume_skips_done_videos_and_removes_only_dead_runs_temporaries(tmp_pat
         bars=False,
         unit="video",
     )
+
+
+def test_resume_skips_done_videos_and_removes_only_dead_runs_temporaries(tmp_path):
+    source, destination = tmp_path / "src", tmp_path / "dst"
+    for name in ("one.mp4", "two.mp4"):
+        make_video(source / name, frames=6)
+    summary = resize_all(source, destination)
     assert (summary.done, summary.skipped, summary.failed) == (2, 0, {})
     done_before = (destination / "one.mp4").stat().st_mtime_ns
     (destination / "two.mp4").unlink()
@@ -132,14 +137,7 @@ def test_resume_skips_done_videos_and_removes_only_dead_runs_temporaries(tmp_pat
     others = [destination / f".notes.txt.tmp-{dead}", destination / "notes.txt"]  # not the temporary of an output
     for path in others:
         path.write_text("mine")
-    summary = run_jobs(
-        resize_jobs(source, destination, 32),
-        verb="resize",
-        destination=destination,
-        workers=2,
-        bars=False,
-        unit="video",
-    )
+    summary = resize_all(source, destination)
     assert (summary.done, summary.skipped, summary.failed) == (1, 1, {})
     assert (destination / "one.mp4").stat().st_mtime_ns == done_before
     assert probe(destination / "two.mp4")[:2] == (42, 32)

@@ -3,14 +3,13 @@ maps compute (attention at a point, its reach after R passes, class activation m
 
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, TINY_CLASSES, run_entry
+from conftest import TINY_CLASSES, load_script, run_entry
 from conftest import save_tiny_checkpoint as save_checkpoint
 from conftest import write_square_video as write_video
 from PIL import Image
@@ -40,15 +39,6 @@ FRAMES = 8
 CLASSES = TINY_CLASSES
 
 
-def load_script():
-    """scripts/visualize.py as a module (its `main` runs in this process)."""
-    spec = importlib.util.spec_from_file_location("visualize_script", REPO / "scripts" / "visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     """Checkpoints with RCCA-3D at conv3_1 and without any module, and a video."""
@@ -63,7 +53,7 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def script():
-    return load_script()
+    return load_script("visualize")
 
 
 def png_size(path: Path) -> tuple[int, int]:
