@@ -581,7 +581,9 @@ def benchmark_data(args: argparse.Namespace) -> dict:
             resized = Path(tmp) / "resized"
             jobs = resize_jobs(root, resized, args.resized_short_side)
             start = time.perf_counter()
-            run_jobs(jobs, verb="resize", destination=resized, workers=max(args.workers), bars=False, unit="video")
+            summary = run_jobs(jobs, verb="resize", destination=resized, workers=2, bars=False, unit="video")
+            if summary.failed:
+                raise RuntimeError(f"resizing failed: {next(iter(summary.failed.items()))}")
             seconds = time.perf_counter() - start
             print(f"resized to short side {args.resized_short_side} (scripts/prepare.py resize) in {seconds:.1f}s:")
             after = loader_rates(resized, records, args)

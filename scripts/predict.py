@@ -49,17 +49,22 @@ KEYS = {
 
 
 def output_folder(value: str | None, video: Path, overwrite: bool) -> Path:
-    """The folder for scores.csv / scores.json, created; refuses one that holds them unless `overwrite`."""
+    """The folder for scores.csv / scores.json (made when they are written); refuses one that holds them
+    unless `overwrite`."""
     stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
     folder = Path(value) if value else Path("outputs") / "predict" / f"{video.resolve().name}-{stamp}"
     existing = [name for name in ("scores.csv", "scores.json") if (folder / name).exists()]
     if existing and not overwrite:
         raise UserError(f"output={folder}: it holds {existing[0]} already; choose another folder or add overwrite=true")
+    return folder
+
+
+def make_folder(folder: Path) -> None:
+    """Create the output folder (and its parents)."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise UserError(f"output={folder}: cannot create it ({error.strerror}); choose another folder") from None
-    return folder
 
 
 def print_video(prediction: VideoPrediction, classes: list[str], top_k: int, per_clip: bool) -> None:
@@ -84,10 +89,8 @@ def main(argv: list[str] | None = None) -> None:
         video = Path(values["video"])
         videos = video_paths(video)
         folder = output_folder(values["output"], video, overwrite) if video.is_dir() or values["output"] else None
-        workers_wanted = 0 if len(videos) == 1 else 2
-        trained = load_trained_model(values["ckpt"], overrides, values["ckpt_format"], workers_wanted)
-        workers = min(trained.config.trainer.num_workers, len(videos) - 1)
-        predictions, failed = predict_files(trained, videos, workers, sys.stderr.isatty())
+        trained = load_trained_model(values["ckpt"], overrides, values["ckpt_format"], max_workers=len(videos) - 1)
+        predictions, failed = predict_files(trained, videos, trained.workers, sys.stderr.isatty())
         if len(videos) == 1 and failed:
             reason = failed[str(videos[0])]
             raise UserError(f"video={videos[0]}: cannot be decoded ({reason}); check the file, or dataset.backend")
@@ -95,11 +98,10 @@ def main(argv: list[str] | None = None) -> None:
             print_video(predictions[0], trained.classes, top_k, per_clip)
         test = trained.config.test
         views = f"{count_of(test.num_clips, 'clip')} x {count_of(test.num_crops, 'crop')}"
-        undecodable = (
-            f", {count_of(len(failed), 'undecodable video')} ({next(iter(failed.items()))[1]})" if failed else ""
-        )
+        undecodable = f", {count_of(len(failed), 'undecodable video')} (listed in scores.json)" if failed else ""
         written = ""
         if folder is not None:
+            make_folder(folder)
             settings = {"checkpoint": values["ckpt"], "num_clips": test.num_clips, "num_crops": test.num_crops}
             scores = [p.scores for p in predictions]
             write_video_scores(
@@ -114,10 +116,6 @@ def main(argv: list[str] | None = None) -> None:
             )
             written = f"; scores in {folder / 'scores.csv'} and scores.json"
         print(f"predict: {count_of(len(predictions), 'video')} scored ({views}){undecodable}{written}")
-        if len(videos) == 1 and failed:
-            raise UserError(
-                f"video={videos[0]}: cannot be decoded ({failed[str(videos[0])]}); check the file, or dataset.backend"
-            )
 
 
 if __name__ == "__main__":

@@ -542,9 +542,14 @@ class RecordingWriter:
 
     def __init__(self) -> None:
         self.scalars: list[tuple[str, float, int]] = []
+        self.images: list[tuple[str, tuple[int, ...], int]] = []
 
     def add_scalar(self, tag: str, value: float, step: int) -> None:
         self.scalars.append((tag, value, step))
+
+    def add_image(self, tag: str, image, step: int, dataformats: str) -> None:
+        assert dataformats == "HWC" and image.dtype == np.uint8 and image.shape[2] == 3
+        self.images.append((tag, image.shape, step))
 
 
 def test_training_logs_scalars_and_gammas_by_parameter_name(tmp_path, caplog):
@@ -560,6 +565,23 @@ def test_training_logs_scalars_and_gammas_by_parameter_name(tmp_path, caplog):
     assert ("gamma/attention.gamma", 0.5, 4) in writer.scalars
     assert ("val/top1", metrics["top1"], 8) in writer.scalars
     assert "epoch 1, update 4: loss" in caplog.text and "epoch 1, update 8: loss" in caplog.text
+    assert [(tag, step) for tag, _, step in writer.images][:1] == [("val/confusion_matrix", 8)]
+
+
+def test_images_that_fail_to_draw_cost_the_images_not_the_run(tmp_path, caplog, monkeypatch):
+    calls = []
+
+    def failing(*args) -> None:
+        calls.append(args)
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr("rcca.engine.trainer.write_confusion_matrix", failing)
+    dataset = PointsDataset()
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(len(dataset), shuffle=True))
+    cfg = TrainerConfig(epochs=2, batch_size=4, effective_batch_size=4, progress=False)
+    metrics = cpu_trainer(loader, tmp_path, cfg, writer=RecordingWriter()).fit()
+    assert metrics["num_videos"] > 0 and len(calls) == 1  # tried at the first validation only
+    assert "TensorBoard images failed; the run goes on without them" in caplog.text and "no fonts" in caplog.text
 
 
 class RecordingClassifier(LinearClassifier):

@@ -25,32 +25,35 @@ def can_draw() -> bool:
     return True
 
 
-def write_validation_images(
-    writer,
-    step: int,
-    confusion_matrix: list[list[int]],
-    class_names: list[str],
-    model: nn.Module | None,
-    clip: Tensor | None,
-) -> None:
-    """Add the confusion matrix and, when `model` and `clip` are given, the clip's class activation maps.
+def write_confusion_matrix(writer, step: int, confusion_matrix: list[list[int]], class_names: list[str]) -> None:
+    """Add a validation's confusion matrix (K x K counts, rows the true classes) as `val/confusion_matrix`.
 
     Args:
         writer: the run's `SummaryWriter`.
-        step: the update step the images belong to.
-        confusion_matrix: K x K counts, rows the true classes (`rcca.engine.metrics.video_metrics`).
+        step: the update step the image belongs to.
+        confusion_matrix: the counts (`rcca.engine.metrics.video_metrics`).
         class_names: the K names.
-        model: the bare model (in any mode; it is evaluated and put back), or None for no CAM image.
-        clip: 3 x T x H x W, one normalised validation view.
     """
-    from rcca.visualization.drawing import cam_grid_image, confusion_matrix_image
-    from rcca.visualization.maps import class_activation_maps, display_frames
+    from rcca.visualization.drawing import confusion_matrix_image
 
     writer.add_image(
         "val/confusion_matrix", confusion_matrix_image(confusion_matrix, class_names), step, dataformats="HWC"
     )
-    if model is None or clip is None:
-        return
+
+
+def write_class_activation_maps(writer, step: int, model: nn.Module, clip: Tensor, class_names: list[str]) -> None:
+    """Add the class activation maps of the predicted class over one clip's frames as `val/class_activation_maps`.
+
+    Args:
+        writer: the run's `SummaryWriter`.
+        step: the update step the image belongs to.
+        model: the bare model (in any mode; it is evaluated and put back).
+        clip: 3 x T x H x W, one normalised validation view.
+        class_names: the K names.
+    """
+    from rcca.visualization.drawing import cam_grid_image
+    from rcca.visualization.maps import class_activation_maps, display_frames
+
     maps = class_activation_maps(model, clip)
     best = int(maps.scores.argmax())
     title = f"predicted {class_names[best]} ({100 * float(maps.scores[best]):.1f}%) at update {step}"

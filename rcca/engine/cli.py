@@ -189,7 +189,7 @@ def script_arguments(
             raise UserError(f"{key}= is given twice")
         if equals and key in keys:
             given[key] = value
-        elif equals and ("." in key or key[:1] in "+~" or key in groups or key in SCHEMA_TOP_KEYS):
+        elif equals and key and ("." in key or key[0] in "+~" or key in groups or key in SCHEMA_TOP_KEYS):
             overrides.append(argument)
         else:
             valid = ", ".join(f"{name}=" for name in keys)

@@ -43,12 +43,14 @@ class TrainedModel:
             `data.*`, `trainer.device`, ...); for an official release, the command line's.
         classes: the class names in label order.
         device: where the model is.
+        workers: the data-loading processes the thread policy left cores for.
     """
 
     model: nn.Module
     config: DictConfig
     classes: list[str]
     device: torch.device
+    workers: int = 0
 
     def input_shape(self, clips: int = 1) -> tuple[int, int, int, int, int]:
         """The shape of a batch of `clips` clips: N x 3 x T x crop x crop."""
@@ -115,7 +117,9 @@ def placed(model: nn.Module, run_cfg: DictConfig, device: torch.device) -> nn.Mo
     return model
 
 
-def load_trained_model(ckpt: str, overrides: list[str], ckpt_format: str = "rcca", workers: int = 0) -> TrainedModel:
+def load_trained_model(
+    ckpt: str, overrides: list[str], ckpt_format: str = "rcca", max_workers: int = 0
+) -> TrainedModel:
     """Read a checkpoint into a model ready for inference, with the thread policy applied.
 
     Args:
@@ -124,7 +128,8 @@ def load_trained_model(ckpt: str, overrides: list[str], ckpt_format: str = "rcca
             rcca checkpoint the model comes from the checkpoint and an override asking for another is
             refused (as in `test.py`); for an official release they name the model.
         ckpt_format: "rcca", or the release's format ("tsm", "tsn", "mfnet"; see `rcca.models.convert`).
-        workers: data-loading processes the caller will start (the thread policy leaves them cores).
+        max_workers: the most data-loading processes the caller can use; it gets `trainer.num_workers` of
+            them at most (`TrainedModel.workers`), and the thread policy leaves those their cores.
 
     Raises:
         UserError: one line, for a bad override, an unreadable or unfitting checkpoint, or a format
@@ -150,8 +155,9 @@ def load_trained_model(ckpt: str, overrides: list[str], ckpt_format: str = "rcca
         names = run_cfg.dataset.class_names
         classes = read_class_names(names, run_cfg.dataset.num_classes) if names else None
         classes = classes or generic_class_names(run_cfg.dataset.num_classes)
+    workers = min(run_cfg.trainer.num_workers, max_workers)
     apply_thread_policy(run_cfg.trainer.threads, workers)
-    return TrainedModel(model.eval(), run_cfg, list(classes), device)
+    return TrainedModel(model.eval(), run_cfg, list(classes), device, workers)
 
 
 def release_model(run_cfg: DictConfig, ckpt: str, ckpt_format: str, device: torch.device) -> nn.Module:

@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader
 
 from rcca.config import OptimizerConfig, ScheduleConfig, TrainerConfig
 from rcca.data.build import loading_failure
-from rcca.engine.board_images import can_draw, write_validation_images
+from rcca.engine.board_images import can_draw, write_class_activation_maps, write_confusion_matrix
 from rcca.engine.checkpoints import (
     RunCheckpoint,
     TrainingPosition,
@@ -740,12 +740,22 @@ class Trainer:
             if self._draws_images is None:
                 self._draws_images = can_draw()
             if self._draws_images:
-                cam = self.cfg.cam_every > 0 and self._validations_drawn % self.cfg.cam_every == 0
-                model, clip = (self.model_without_ddp, self._cam_clip()) if cam else (None, None)
-                write_validation_images(
-                    self.writer, self.position.step, metrics["confusion_matrix"], self.class_names, model, clip
-                )
-                self._validations_drawn += 1
+                self._write_images(metrics)
+
+    def _write_images(self, metrics: dict) -> None:
+        """The validation's TensorBoard images (rank 0). A failure to draw them costs the images, not the run:
+        it is logged with its traceback and no more images are drawn."""
+        cam = self.cfg.cam_every > 0 and self._validations_drawn % self.cfg.cam_every == 0
+        step = self.position.step
+        try:
+            write_confusion_matrix(self.writer, step, metrics["confusion_matrix"], self.class_names)
+            clip = self._cam_clip() if cam else None
+            if clip is not None:
+                write_class_activation_maps(self.writer, step, self.model_without_ddp, clip, self.class_names)
+        except Exception:
+            log.warning("TensorBoard images failed; the run goes on without them", exc_info=True)
+            self._draws_images = False
+        self._validations_drawn += 1
 
     def _cam_clip(self) -> Tensor | None:
         """The first view of the first test video (None when it cannot be decoded): the clip of the CAM images."""

@@ -87,10 +87,13 @@ def output_path(
         The path.
 
     Raises:
-        UserError: one line, when the file exists and `overwrite` is false.
+        UserError: one line, when `output` is no PNG file name, or the file exists and `overwrite` is false.
     """
     if output:
-        path = Path(output).with_suffix(suffix)
+        named = Path(output)
+        if not named.name or named.name in (".", "..") or named.suffix.lower() not in ("", ".png"):
+            raise UserError(f"output={output}: name a PNG file (an animation goes beside it, as .gif)")
+        path = named.with_suffix(suffix)
     else:
         path = Path(ckpt).parent / "visualize" / f"{Path(video).stem}-{subcommand}{suffix}"
     if path.exists() and not overwrite:
