@@ -468,6 +468,12 @@ class Trainer:
             The exception to raise, with the command that continues the run.
         """
         last = self.run_dir / "last.pt"
+        if self._stop_signal:
+            log.warning(
+                "received signal %s: saving last.pt as of update %d",
+                signal.Signals(self._stop_signal).name,
+                self.position.step,
+            )
         if is_main_process():
             self._boundary_checkpoint().save(last)
         received = signal.Signals(self._stop_signal).name if self._stop_signal else "another process's stop signal"
@@ -513,11 +519,11 @@ class Trainer:
             signum: the signal received.
             frame: the interrupted frame (unused).
         """
-        # Flags first: another signal's handler may run in the middle of this one (between two bytecodes), and
-        # PyTorch's SIGCHLD handler raises when a data worker died of the same job-wide signal.
+        # Flags only: another signal's handler may run in the middle of this one (between two bytecodes), and
+        # PyTorch's SIGCHLD handler raises when a data worker died of the same job-wide signal, which could cut
+        # a log call short (or deadlock on the logging lock the interrupted code holds). `_stopped` says it.
         self.stop_requested = True
         self._stop_signal = signum
-        log.warning("received signal %s: saving last.pt after the current update", signal.Signals(signum).name)
 
     def train_epoch(self) -> None:
         """Train the rest of the current epoch, or up to a stop request (then `position.epoch` stays)."""
