@@ -29,6 +29,7 @@ from hydra.errors import HydraException, OverrideParseException
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from rcca.data.context import min_frames
 from rcca.errors import UserError
 from rcca.models.positions import MFNET_STAGE_BLOCKS, POSITION, TSM_STAGE_BLOCKS, valid_positions
 
@@ -36,7 +37,7 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # package data: compos
 RULE = "rule"  # field metadata key of a key's Rule
 CHOICES = "choices"  # field metadata key of the allowed values of a `one_of` key
 OUTPUT_DIRS = ("hydra.run.dir", "hydra.sweep.dir")  # Hydra creates these before the run starts
-SYNTHETIC_CLASSES = 8  # classes of the synthetic set (rcca.data.synthetic.CLASSES)
+GENERATED_CLASSES = {"synthetic": 8, "context": 2}  # classes of the generated sets (rcca.data.synthetic.TASKS)
 INIT_FORMATS = ("rcca", "tsm", "tsn", "mfnet")  # init_from_format: this framework's, or official TSM, TSN, MF-Net files
 # What the default quick-start may be combined with: {group or key: allowed values}
 QUICKSTART_CHOICES = {
@@ -46,7 +47,7 @@ QUICKSTART_CHOICES = {
     "backbone.name": ("tsm",),
     "backbone.depth": ("18",),
 }
-DATASETS = ("synthetic", "video_list", "ucf101", "hmdb51", "kinetics400", "mini_kinetics200")  # dataset.name
+DATASETS = ("synthetic", "context", "video_list", "ucf101", "hmdb51", "kinetics400", "mini_kinetics200")  # dataset.name
 
 
 @dataclass(frozen=True)
@@ -142,12 +143,12 @@ class SyntheticConfig:
     num_test: int = field(default=160, metadata=at_least(1))  # generated test videos
     frames: int = field(default=24, metadata=at_least(1))  # frames per generated video
     size: int = field(default=80, metadata=multiple_of(16, least=32))  # frame height and width (decord 0.6 misreads other widths)
-    seed: int = field(default=0, metadata=at_least(0))  # generation seed (part of the cache key)
+    seed: int = field(default=0, metadata=at_least(0))  # generation seed (part of the cache key, like every key here)
 
 
 @dataclass
 class DatasetConfig:
-    name: str = field(default="synthetic", metadata=one_of(*DATASETS))  # annotation format: the built-in set, lists, official sets
+    name: str = field(default="synthetic", metadata=one_of(*DATASETS))  # annotation format: a generated set (synthetic, context), lists, official sets
     root: str = field(default=MISSING, metadata=path())  # folder holding the videos (annotations list paths relative to it)
     annotations: str | None = field(default=None, metadata=path())  # split folder or CSV folder of the official dataset
     train_list: str | None = field(default=None, metadata=path())  # video_list: training list ("relative/path.mp4 label" lines)
@@ -160,7 +161,7 @@ class DatasetConfig:
     flip: bool = True  # random horizontal flip in training (off where left/right matters)
     allow_missing: bool = False  # train on the videos present when annotations list missing files
     exclude: str | None = field(default=None, metadata=path())  # file of video paths (as listed) left out of both splits
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # synthetic set only
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # generated sets (synthetic, context) only
 
 
 @dataclass
@@ -263,16 +264,20 @@ def register_configs() -> None:
     ConfigStore.instance().store(name="base_config", node=Config)
 
 
-def compose_config(overrides: list[str]) -> DictConfig:
+def compose_config(overrides: list[str], with_hydra: bool = False) -> DictConfig:
     """The config `train.py` would run with these Hydra overrides (for scripts); a bad override is a UserError.
 
-    Values are not checked against their rules here: call `validate_config` on the result.
+    Values are not checked against their rules here: call `validate_config` on the result (without `hydra`).
+
+    Args:
+        overrides: Hydra overrides, as on train.py's command line.
+        with_hydra: also return Hydra's own node (`hydra`, unresolved), e.g. a preset's `hydra.sweeper.params`.
     """
     check_overrides(overrides)
     register_configs()
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-            return compose(config_name="config", overrides=overrides)
+            return compose(config_name="config", overrides=overrides, return_hydra_config=with_hydra)
     except (HydraException, OmegaConfBaseException) as error:
         raise UserError(str(error)) from None
 
@@ -392,12 +397,34 @@ def _check_together(cfg: DictConfig) -> None:
     if module.name != "none":
         _check_positions(backbone, module)
     _check_imagenet(cfg)
-    dataset = cfg.dataset
-    if dataset.name == "synthetic" and not OmegaConf.is_missing(dataset, "num_classes"):
-        if dataset.num_classes != SYNTHETIC_CLASSES:
-            raise UserError(
-                f"dataset.num_classes={dataset.num_classes}: the synthetic set has {SYNTHETIC_CLASSES} classes"
-            )
+    _check_generated(cfg.dataset, backbone)
+
+
+def _check_generated(dataset: DictConfig, backbone: DictConfig) -> None:
+    """A generated set's class count; for the context set, the model that keeps its guarantee: a TSM backbone
+    taking every frame, of videos long enough that no feature of it sees both squares (rcca.data.context)."""
+    classes = GENERATED_CLASSES.get(dataset.name)
+    if classes is not None and not OmegaConf.is_missing(dataset, "num_classes") and dataset.num_classes != classes:
+        raise UserError(f"dataset.num_classes={dataset.num_classes}: the {dataset.name} set has {classes} classes")
+    if dataset.name != "context":
+        return
+    frames = dataset.synthetic.frames
+    if backbone.name != "tsm":
+        raise UserError(
+            f"backbone.name={backbone.name}: the context set is sized by a TSM backbone's reach in time "
+            "(rcca/data/context.py); use experiment=context_bench or backbone=tsm_r18"
+        )
+    if backbone.num_frames != frames:
+        raise UserError(
+            f"backbone.num_frames={backbone.num_frames}: the context set's clips are whole videos; set it to "
+            f"dataset.synthetic.frames={frames}"
+        )
+    if frames < min_frames(backbone.depth):
+        least = min_frames(backbone.depth)
+        raise UserError(
+            f"dataset.synthetic.frames={frames}: with a TSM ResNet-{backbone.depth} the context set needs {least} "
+            f"frames or more, so that no feature sees both squares; set dataset.synthetic.frames={least}"
+        )
 
 
 def _check_imagenet(cfg: DictConfig) -> None:

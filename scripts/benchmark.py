@@ -63,7 +63,7 @@ from torch import nn
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.data import DataLoader
 
-from rcca.config import SYNTHETIC_CLASSES, compose_config
+from rcca.config import GENERATED_CLASSES, compose_config
 from rcca.data.annotations import VideoRecord
 from rcca.data.build import ClipSampling, build_loader
 from rcca.data.datasets import VideoDataset
@@ -428,7 +428,7 @@ def quickstart_trainer(steps: int, run_dir: Path) -> tuple[Trainer, DataLoader]:
     """A Trainer of the quick-start model and recipe (`python train.py`) on `steps` batches of one repeated clip."""
     cfg = compose_config([])
     torch.manual_seed(0)
-    model = build_model(cfg.backbone, cfg.module, SYNTHETIC_CLASSES)
+    model = build_model(cfg.backbone, cfg.module, GENERATED_CLASSES["synthetic"])
     frames, size, batch = cfg.backbone.num_frames, cfg.data.crop_size, cfg.trainer.batch_size
     dataset = RepeatedBatch(torch.randn(3, frames, size, size), 1, steps * batch)
     loader = DataLoader(dataset, batch_size=batch, sampler=EpochSampler(len(dataset), shuffle=False))
@@ -446,7 +446,7 @@ def quickstart_trainer(steps: int, run_dir: Path) -> tuple[Trainer, DataLoader]:
         model_without_ddp=model,
         train_loader=loader,
         test_loader=loader,
-        class_names=[str(i) for i in range(SYNTHETIC_CLASSES)],
+        class_names=[str(i) for i in range(GENERATED_CLASSES["synthetic"])],
         trainer_cfg=trainer_cfg,
         optimizer_cfg=optimizer_cfg,
         schedule_cfg=OmegaConf.to_object(cfg.schedule),

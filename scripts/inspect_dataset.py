@@ -12,8 +12,11 @@ hangs the decoder is reported rather than fatal) and reports those that fail, wi
 error (backend decord falls back to PyAV). `--write-exclude FILE` writes their paths, with those of
 `dataset.exclude` if set, for `dataset.exclude=FILE`; FILE must be new or an exclude list (it is
 refused, before any decoding, if it is an input of the dataset or another kind of file) and is
-replaced whole. The last line printed is one JSON object: {"dataset", "root", "num_classes",
-"classes" (the names, index = label), "train", "test", "missing"}, plus "undecodable" with --decode.
+replaced whole. `--samples FILE.png` draws the first training video of each class (of the first
+SAMPLE_CLASSES classes), `--sample-frames` frames spread over it, first and last included, as one PNG
+(needs matplotlib, the `plot` extra; an existing file is kept unless `--overwrite`). The last line
+printed is one JSON object: {"dataset", "root", "num_classes", "classes" (the names, index = label),
+"train", "test", "missing"}, plus "undecodable" with --decode.
 
 Exit status: 0 when every listed video is present (and, with --decode, decodes); 1 when a video
 is missing or undecodable; 2 on a user error (missing root, bad annotations, bad override, a
@@ -28,6 +31,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
+
 from rcca.config import DatasetConfig, compose_config
 from rcca.data.annotations import Annotations
 from rcca.data.build import (
@@ -39,12 +44,14 @@ from rcca.data.build import (
     write_exclude_list,
 )
 from rcca.data.checking import scan_videos
-from rcca.data.decoding import BACKENDS, READERS, resolve_backend
+from rcca.data.decoding import BACKENDS, READERS, DecodeError, read_frames, resolve_backend
 from rcca.engine.cli import exit_codes
 from rcca.engine.runtime import check_required
 from rcca.errors import UserError
+from rcca.visualization.drawing import evenly_spaced, samples_image, write_png
 
 SHOWN = 5  # paths listed for each kind of problem
+SAMPLE_CLASSES = 12  # --samples: rows of the figure at most
 
 
 def show(title: str, lines: list[str], note: str = "") -> None:
@@ -112,8 +119,53 @@ def check_exclude_target(path: Path, dataset: DatasetConfig, videos: set[str]) -
         )
 
 
-def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_file: Path | None = None) -> dict:
-    """Print the report of the configured dataset; returns its summary (the final JSON line)."""
+def check_samples_target(path: Path, overwrite: bool) -> None:
+    """Raise UserError unless the PNG `path` may be written: a new file, or an existing one with `overwrite`."""
+    if path.suffix.lower() != ".png":
+        raise UserError(f"--samples {path}: must name a .png file")
+    if path.is_dir():
+        raise UserError(f"--samples {path}: a folder; name a .png file")
+    if path.exists() and not overwrite:
+        raise UserError(f"--samples {path}: exists; give a new file, or replace it with --overwrite")
+
+
+def spread_frames(path: Path, backend: str, shown: int) -> tuple[np.ndarray, list[int]]:
+    """`shown` frames of a video spread over it (T x H x W x 3 uint8), and their frame numbers."""
+    chosen: list[int] = []
+
+    def choose(count: int) -> list[int]:
+        chosen[:] = evenly_spaced(count, shown)  # a reader that fails after choosing hands over to another
+        return chosen
+
+    try:
+        frames = read_frames(path, choose, backend)
+    except DecodeError as error:
+        raise UserError(f"--samples: {error}") from None
+    return frames.permute(0, 2, 3, 1).numpy(), chosen
+
+
+def write_samples(root: Path, annotations: Annotations, backend: str, shown: int, path: Path) -> None:
+    """Draw the first present training video of each of the first SAMPLE_CLASSES classes into the PNG `path`."""
+    videos = []
+    for label, name in enumerate(annotations.classes[:SAMPLE_CLASSES]):
+        record = next((r for r in annotations.train if r.label == label and (root / r.path).exists()), None)
+        if record is None:
+            continue
+        frames, chosen = spread_frames(root / record.path, backend, shown)
+        videos.append((f"{name}: {record.path}, frames {', '.join(map(str, chosen))}", frames))
+    write_png(samples_image(videos, "one training video per class"), path)
+    print(f"wrote {len(videos)} sample videos to {path}")
+
+
+def report(
+    overrides: list[str],
+    decode: bool,
+    timeout: float = 60.0,
+    exclude_file: Path | None = None,
+    samples: tuple[Path, int] | None = None,
+) -> dict:
+    """Print the report of the configured dataset, drawing `samples` = (PNG file, frames per video) if given;
+    returns its summary (the final JSON line)."""
     cfg = compose_config(overrides)
     check_required(cfg)
     backend = cfg.dataset.backend
@@ -132,6 +184,8 @@ def report(overrides: list[str], decode: bool, timeout: float = 60.0, exclude_fi
     show_classes(cfg.dataset, annotations)
     print(f"videos: {len(annotations.train)} train, {len(annotations.test)} test")
     show(f"missing (train {len(missing['train'])}, test {len(missing['test'])})", missing["train"] + missing["test"])
+    if samples is not None:
+        write_samples(root, annotations, backend, samples[1], samples[0])
     summary = {
         "dataset": cfg.dataset.name,
         "root": str(root),
@@ -174,12 +228,20 @@ def main() -> None:
     parser.add_argument(
         "--write-exclude", type=Path, metavar="FILE", help="with --decode: write the failing paths, for dataset.exclude"
     )
+    parser.add_argument("--samples", type=Path, metavar="FILE", help="write a PNG of one training video per class")
+    parser.add_argument("--sample-frames", type=int, default=8, help="frames drawn per sample video (default 8)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --samples file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for train.py (e.g. dataset=ucf101)")
     args = parser.parse_intermixed_args()
     with exit_codes():
         if args.write_exclude and not args.decode:
             raise UserError("--write-exclude needs --decode")
-        summary = report(args.overrides, args.decode, args.timeout, args.write_exclude)
+        if args.sample_frames < 1:
+            raise UserError(f"--sample-frames {args.sample_frames}: must be 1 or more")
+        if args.samples is not None:
+            check_samples_target(args.samples, args.overwrite)
+        samples = None if args.samples is None else (args.samples, args.sample_frames)
+        summary = report(args.overrides, args.decode, args.timeout, args.write_exclude, samples)
     print(json.dumps(summary))
     sys.exit(1 if summary["missing"] or summary.get("undecodable") else 0)
 

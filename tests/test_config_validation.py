@@ -16,8 +16,8 @@ from omegaconf import OmegaConf, open_dict
 
 from rcca.config import (
     CHOICES,
+    GENERATED_CLASSES,
     RULE,
-    SYNTHETIC_CLASSES,
     Config,
     check_overrides,
     compose_config,
@@ -181,7 +181,7 @@ def test_choices_match_the_code_that_uses_them():
     from rcca.data.annotations import _KINETICS_LAYOUTS, _LOADERS, _SPLITS
     from rcca.data.decoding import BACKENDS
     from rcca.data.sampling import SAMPLING_MODES
-    from rcca.data.synthetic import CLASSES
+    from rcca.data.synthetic import TASKS
     from rcca.data.transforms import MULTI_VIEW_CROPS
     from rcca.engine.trainer import AMP_DTYPES
     from rcca.models.attention import STRUCTURES
@@ -195,7 +195,7 @@ def test_choices_match_the_code_that_uses_them():
     assert choices["backbone.sampling"] == set(SAMPLING_MODES)
     assert choices["module.name"] == set(MODULES)
     assert choices["module.structure"] == set(STRUCTURES)
-    assert choices["dataset.name"] == set(_LOADERS) | {"synthetic"}
+    assert choices["dataset.name"] == set(_LOADERS) | set(TASKS)
     assert choices["dataset.backend"] == set(BACKENDS)
     assert choices["dataset.layout"] == set(_KINETICS_LAYOUTS)
     assert choices["dataset.split"] == set(_SPLITS)
@@ -203,7 +203,7 @@ def test_choices_match_the_code_that_uses_them():
     assert choices["test.num_crops"] == set(MULTI_VIEW_CROPS)
     assert choices["init_from_format"] == set(KINDS)
     assert choices["backbone.shift_place"] == set(SHIFT_PLACES)
-    assert SYNTHETIC_CLASSES == len(CLASSES)
+    assert GENERATED_CLASSES == {name: len(classes) for name, (classes, _) in TASKS.items()}
 
 
 def test_missing_values_are_left_to_the_required_check():

@@ -229,3 +229,28 @@ def test_write_exclude_refuses_the_class_names_file(script: ModuleType, tmp_path
     with pytest.raises(UserError, match=r"classes\.txt: is dataset\.class_names=.*an input of the dataset"):
         script.check_exclude_target(names, cfg, {"good_0.mp4"})
     assert names.read_text() == "good_0.mp4\n"
+
+
+def test_samples_draw_the_first_present_training_video_of_each_class(overrides: list[str], tmp_path: Path) -> None:
+    from PIL import Image
+
+    from rcca.visualization.drawing import grid_size
+
+    png = tmp_path / "samples.png"
+    result = run_entry(SCRIPT, "--samples", str(png), "--sample-frames", "3", *overrides, timeout=120, check=False)
+    assert result.returncode == 1, result.stderr  # still reports the missing video
+    assert "wrote 2 sample videos to" in result.stdout  # class 1's absent.mp4 is passed over for good_1.mp4
+    with Image.open(png) as image:
+        assert image.size[::-1] == grid_size(2, 3)  # 2 classes x 3 frames
+    before = png.read_bytes()
+    again = run_entry(SCRIPT, "--samples", str(png), *overrides, timeout=120, check=False)
+    assert again.returncode == 2 and again.stdout == ""
+    assert again.stderr.strip() == f"error: --samples {png}: exists; give a new file, or replace it with --overwrite"
+    assert png.read_bytes() == before
+
+
+def test_sample_frames_are_spread_over_the_video_ends_included() -> None:
+    from rcca.visualization.drawing import evenly_spaced
+
+    assert evenly_spaced(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]
+    assert evenly_spaced(20, 1) == [0] and evenly_spaced(3, 8) == [0, 1, 2]

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from conftest import load_script
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from rcca.config import check_overrides, check_quickstart_choices, compose_config, validate_config
@@ -136,6 +137,14 @@ def takes_overrides(script: Path) -> bool:
     return "compose_config(" in source or "@hydra.main(" in source
 
 
+@functools.cache
+def script_keys(script: str) -> frozenset[str]:
+    """The `key=` arguments a script of `scripts/` owns (its `KEYS`, read by `rcca.engine.cli.script_arguments`)."""
+    if not script.startswith("scripts/") or "script_arguments(" not in (REPO / script).read_text():
+        return frozenset()
+    return frozenset(load_script(Path(script).stem).KEYS)
+
+
 def find_commands(lines: Iterator[tuple[int, str]], problems: list[str]) -> list[Command]:
     """The commands of `lines` that run an entry point taking overrides; a `.py` the repository lacks is a
     problem (appended to `problems`)."""
@@ -154,7 +163,9 @@ def find_commands(lines: Iterator[tuple[int, str]], problems: list[str]) -> list
             if not (REPO / script).is_file():
                 problems.append(f"README.md:{number}: `{line}`: {script} does not exist")
             elif takes_overrides(REPO / script):
-                commands.append(Command(number, script, piece[piece.index(script) + 1 :]))
+                own = script_keys(script)  # the script's own key=value arguments are not overrides
+                args = [arg for arg in piece[piece.index(script) + 1 :] if arg.split("=", 1)[0] not in own]
+                commands.append(Command(number, script, args))
     return commands
 
 

@@ -16,12 +16,12 @@ from torch.utils.data import DataLoader
 from torch.utils.data import dataloader as dataloader_module
 from torch.utils.data._utils import signal_handling
 
-from rcca.config import BackboneConfig, DataConfig, DatasetConfig, TestConfig
+from rcca.config import BackboneConfig, DataConfig, DatasetConfig, SyntheticConfig, TestConfig
 from rcca.data.annotations import Annotations, AnnotationError, VideoRecord, load_annotations
 from rcca.data.datasets import VideoDataset
 from rcca.data.samplers import EpochSampler
 from rcca.data.sampling import sample_test_clips, sample_train_clip
-from rcca.data.synthetic import SyntheticSpec, ensure_synthetic_dataset
+from rcca.data.synthetic import TASKS, SyntheticSpec, ensure_synthetic_dataset
 from rcca.data.transforms import build_test_transform, build_train_transform
 from rcca.errors import DataLoadingFailed, UserError
 
@@ -53,14 +53,14 @@ def clip_sampling(backbone: BackboneConfig) -> ClipSampling:
 
 
 def read_annotations(cfg: DatasetConfig, progress: bool = True) -> tuple[Path, Annotations]:
-    """Parse (or, for the synthetic set, generate) the annotations; check the root and class count.
+    """Parse (or, for a generated set, generate) the annotations; check the root and class count.
 
     Returns the video root and the annotations, missing videos included. Raises UserError
     with one line for a missing root, unreadable annotations or a class-count mismatch.
     """
     root = Path(cfg.root)
-    if cfg.name == "synthetic":
-        spec = SyntheticSpec(**{k: getattr(cfg.synthetic, k) for k in SyntheticSpec.__dataclass_fields__})
+    if cfg.name in TASKS:
+        spec = SyntheticSpec(cfg.name, **{k: getattr(cfg.synthetic, k) for k in SyntheticConfig.__dataclass_fields__})
         root = ensure_synthetic_dataset(root, spec, progress=progress)
         kwargs = {"train_list": root / "train.txt", "test_list": root / "test.txt",
                   "class_names": (root / "classes.txt").read_text().split()}

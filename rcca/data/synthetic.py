@@ -1,4 +1,6 @@
-"""The built-in synthetic dataset: real encoded videos whose classes need time and long-range space.
+"""The built-in generated datasets, cached: `synthetic` (the quick-start's) and `context` (rcca.data.context).
+
+The `synthetic` set: real encoded videos whose classes need time and long-range space.
 
 Each video shows two small squares far apart, on a horizontal or a vertical axis, over a
 static noise background. The class is the axis (2) times the relative motion along it (4):
@@ -10,14 +12,14 @@ Videos are written with PyAV (MPEG-4) plus `train.txt` / `test.txt` lists in the
 "relative/path.mp4 label" format, and read back like any real dataset.
 
 Generated sets are cached one folder per spec under a cache root (`dataset.root`, by
-default data/synthetic):
+default data/synthetic and data/context):
 
     data/synthetic/
         .rcca-synthetic                 root marker (JSON, role "cache"), also the lock file
-        train480_test160_frames24_size80_seed0_<hash>/     a complete set, never modified again
+        synthetic_train480_test160_frames24_size80_seed0_<hash>/     a complete set, never modified again
             .rcca-synthetic             set marker (JSON, role "set"): spec and files written
             train.txt  test.txt  classes.txt  videos/<class>/<split>_<n>.mp4
-        .train480_..._<hash>.tmp-<pid>-<random>/           a set being generated (marker first)
+        .synthetic_train480_..._<hash>.tmp-<pid>-<random>/   a set being generated (marker first)
 
 Guarantees:
   * nothing is deleted except the temporary folder of a generation that died: one with the
@@ -49,6 +51,7 @@ from typing import Any
 import av
 import numpy as np
 
+from rcca.data import context
 from rcca.errors import UserError
 from rcca.progress import track
 
@@ -76,8 +79,9 @@ TEMPORARY = re.compile(r"\..+\.tmp-\d+-[0-9a-f]+")  # name of a set folder being
 
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """What to generate; a cached set is reused only when all fields match."""
+    """What to generate; a cached set is reused only when all fields match. `dataset`: a key of TASKS."""
 
+    dataset: str = "synthetic"
     num_train: int = 480
     num_test: int = 160
     frames: int = 24
@@ -109,6 +113,13 @@ def render_video(label: int, spec: SyntheticSpec, rng: np.random.Generator) -> n
     return video
 
 
+# The generated datasets: {dataset.name: (class names in label order, renderer of one video of a label)}
+TASKS = {
+    "synthetic": (CLASSES, render_video),
+    "context": (context.CLASSES, context.render_video),
+}
+
+
 def write_video(path: Path, frames: np.ndarray, fps: int = FPS) -> None:
     """Encode frames (T x H x W x 3 uint8) to an MPEG-4 file with PyAV."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,11 +138,12 @@ def set_folder_name(spec: SyntheticSpec) -> str:
 
     The spec's fields for people, then a hash of the spec and FORMAT for uniqueness, e.g.
     SyntheticSpec(num_train=8, num_test=8, frames=8, size=32) ->
-    "train8_test8_frames8_size32_seed0_be508effb2".
+    "synthetic_train8_test8_frames8_size32_seed0_<10 hex digits>".
     """
     key = json.dumps({"format": FORMAT, "spec": asdict(spec)}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return f"train{spec.num_train}_test{spec.num_test}_frames{spec.frames}_size{spec.size}_seed{spec.seed}_{digest}"
+    return (f"{spec.dataset}_train{spec.num_train}_test{spec.num_test}_frames{spec.frames}_size{spec.size}"
+            f"_seed{spec.seed}_{digest}")
 
 
 def read_marker(folder: Path) -> dict[str, Any] | None:
@@ -232,23 +244,24 @@ def _generate(folder: Path, spec: SyntheticSpec, progress: bool) -> list[str]:
     bar when `progress`, else plain progress lines in the log (see `rcca.progress.track`).
 
     Returns the paths written, relative to `folder`: videos/<class>/<split>_<n>.mp4 (train
-    then test, labels cycling through CLASSES so classes are balanced), then the lists.
+    then test, labels cycling through the classes of `spec.dataset` so classes are balanced), then the lists.
     """
+    classes, render = TASKS[spec.dataset]
     rng = np.random.default_rng(spec.seed)
     lists: dict[str, list[str]] = {"train": [], "test": []}
     written = []
     jobs = [("train", i) for i in range(spec.num_train)] + [("test", i) for i in range(spec.num_test)]
-    videos = track(jobs, total=len(jobs), desc="generating synthetic videos", bars=progress, unit="video",
+    videos = track(jobs, total=len(jobs), desc=f"generating {spec.dataset} videos", bars=progress, unit="video",
                    log_every_s=PROGRESS_EVERY_S)
     for split, i in videos:
-        label = i % len(CLASSES)
-        relative = f"videos/{CLASSES[label]}/{split}_{i:05d}.mp4"
-        write_video(folder / relative, render_video(label, spec, rng))
+        label = i % len(classes)
+        relative = f"videos/{classes[label]}/{split}_{i:05d}.mp4"
+        write_video(folder / relative, render(label, spec, rng))
         lists[split].append(f"{relative} {label}")
         written.append(relative)
     for split, lines in lists.items():
         (folder / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines))
-    (folder / "classes.txt").write_text("".join(f"{name}\n" for name in CLASSES))
+    (folder / "classes.txt").write_text("".join(f"{name}\n" for name in classes))
     return [*written, "train.txt", "test.txt", "classes.txt"]
 
 
@@ -282,7 +295,7 @@ def ensure_synthetic_dataset(root: Path, spec: SyntheticSpec, progress: bool = T
         temporary = root / f".{folder.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
         temporary.mkdir()
         _write_set_marker(temporary, _set_marker(spec, "in progress", []))
-        log.info("generating the synthetic set (%d videos) in %s", spec.num_train + spec.num_test, folder)
+        log.info("generating the %s set (%d videos) in %s", spec.dataset, spec.num_train + spec.num_test, folder)
         files = _generate(temporary, spec, progress)
         _write_set_marker(temporary, _set_marker(spec, "complete", files))
         os.rename(temporary, folder)  # atomic: readers see no set or all of it

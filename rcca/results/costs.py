@@ -3,7 +3,8 @@
 The model is built from the job's `backbone` and `module` settings with a 400-class classifier (the paper's
 counts are Kinetics models: TSM ResNet-50 has 24.30M parameters) and counted by
 `rcca.models.complexity.complexity_report` at 1 x 3 x backbone.num_frames x 224 x 224, whatever crop size the
-job trained with. FLOPs follow the paper's convention, backbone MACs + 2 x module MACs; GMACs are all MACs.
+job trained with (`count_cost` takes another class count and size where a table wants the trained model's).
+FLOPs follow the paper's convention, backbone MACs + 2 x module MACs; GMACs are all MACs.
 `CostCounter` counts each distinct (backbone, module) setting once.
 """
 
@@ -79,11 +80,13 @@ class CostCounter:
         return self._counted[key]
 
 
-def count_cost(config: Mapping[str, Any]) -> Cost:
+def count_cost(config: Mapping[str, Any], num_classes: int = PAPER_CLASSES, size: int = PAPER_SIZE) -> Cost:
     """Build the model of a job's flat config (random weights) and count it (see the module docstring).
 
     Args:
         config: a job's flat config.
+        num_classes: classifier outputs (the paper's counts: Kinetics' 400).
+        size: input height and width (the paper's counts: 224).
 
     Returns:
         Its cost.
@@ -94,7 +97,7 @@ def count_cost(config: Mapping[str, Any]) -> Cost:
     try:
         backbone = _section(BackboneConfig, config, "backbone")
         module = _section(ModuleConfig, config, "module")
-        model = build_model(backbone, module, num_classes=PAPER_CLASSES)
+        model = build_model(backbone, module, num_classes=num_classes)
     except (OmegaConfBaseException, ValueError, KeyError) as error:
         raise UserError(f"cannot build the model to count it: {error}") from None
     # Counting traces one real forward pass. One thread: CPU matmul handles CCA-3D's permuted line products one
@@ -102,7 +105,7 @@ def count_cost(config: Mapping[str, Any]) -> Cost:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        report = complexity_report(model, (1, 3, backbone.num_frames, PAPER_SIZE, PAPER_SIZE))
+        report = complexity_report(model, (1, 3, backbone.num_frames, size, size))
     finally:
         torch.set_num_threads(threads)
     return Cost(report.params / 1e6, report.paper_flops / 1e9, report.macs / 1e9)

@@ -221,6 +221,25 @@ def write_image_file(data: io.BytesIO, path: Path) -> Path:
     return path
 
 
+def evenly_spaced(count: int, shown: int) -> list[int]:
+    """`shown` frame indices spread evenly over `count` frames, the first and the last included (all when fewer),
+    e.g. evenly_spaced(20, 8) -> [0, 3, 5, 8, 11, 14, 16, 19]."""
+    return sorted({round(i) for i in np.linspace(0, count - 1, min(shown, count))})
+
+
+def samples_image(videos: Sequence[tuple[str, np.ndarray]], title: str) -> np.ndarray:
+    """A figure of sample videos, one row each: its title, then its frames left to right.
+
+    Args:
+        videos: (row title, frames T x H x W x 3 uint8) per row.
+        title: the figure's title.
+
+    Returns:
+        The figure, H x W x 3 uint8.
+    """
+    return grid_image([Row(name, list(frames)) for name, frames in videos], title)
+
+
 def feature_rows(frames: np.ndarray, maps: Sequence[ContextMaps], channels: dict[str, list[int]]) -> list[Row]:
     """The rows of the feature figure (Fig. 6): the frames, then per module and per shown map its input and output.
 
