@@ -37,6 +37,11 @@ SMALL = SyntheticSpec(num_train=8, num_test=8, frames=8, size=32)
 OTHER = SyntheticSpec(num_train=8, num_test=8, frames=8, size=32, seed=1)
 
 
+def without_dataset(spec: SyntheticSpec) -> dict:
+    """A spec's fields less `dataset`: the keys of `dataset.synthetic` (the dataset is `dataset.name`)."""
+    return {key: value for key, value in asdict(spec).items() if key != "dataset"}
+
+
 def snapshot(folder: Path) -> dict[str, tuple[str, int, int]]:
     """Every file and folder under `folder` (hidden ones included): relative path ->
     (sha256 of the bytes or "dir", mtime in ns, inode)."""
@@ -150,7 +155,7 @@ def test_two_specs_get_two_folders_and_the_first_is_never_touched(tmp_path):
     assert_complete(second, OTHER)
     assert ensure_synthetic_dataset(root, SMALL, progress=False) == first and snapshot(first) == before
     # The training pipeline reads the folder it gets back.
-    config = DatasetConfig(root=str(root), num_classes=8, synthetic=SyntheticConfig(**asdict(OTHER)))
+    config = DatasetConfig(root=str(root), num_classes=8, synthetic=SyntheticConfig(**without_dataset(OTHER)))
     found, annotations = read_annotations(config, progress=False)
     assert found == second and len(annotations.train) == 8 and (found / annotations.test[0].path).is_file()
 

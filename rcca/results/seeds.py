@@ -3,9 +3,9 @@
 Used by the context benchmark (`scripts/context_bench.py`): jobs of one preset that differ in `module.name`
 and `seed` become one row per module, e.g.
 
-    | module | params (M) | GMACs | top-1 mean ± std | min - max | seeds | time per run (mean, max) |
+    | module | top-1 mean ± std | min - max | seeds | params (M) | GMACs | time per run (mean, max) |
     |---|---|---|---|---|---|---|
-    | none | 0.702 | 0.22 | 50.3 ± 1.4 | 48.8 - 51.2 | 3 | 3.9, 4.1 min |
+    | none | 50.3 ± 1.4 | 48.8 - 51.2 | 3 | 0.702 | 0.22 | 3.9, 4.1 min |
 """
 
 from __future__ import annotations
@@ -92,13 +92,13 @@ def seed_rows(
 def markdown_table(rows: Sequence[SeedRow], header: str) -> str:
     """The rows as a Markdown table whose first column is headed `header`."""
     lines = [
-        f"| {header} | params (M) | GMACs | top-1 mean ± std | min - max | seeds | time per run (mean, max) |",
+        f"| {header} | top-1 mean ± std | min - max | seeds | params (M) | GMACs | time per run (mean, max) |",
         "|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         time = f"{statistics.fmean(row.seconds) / 60:.1f}, {max(row.seconds) / 60:.1f} min" if row.seconds else "-"
         lines.append(
-            f"| {row.setting} | {row.cost.params:.3f} | {row.cost.gmacs:.2f} | {row.mean:.1f} ± {row.std:.1f} | "
-            f"{min(row.top1):.1f} - {max(row.top1):.1f} | {len(row.top1)} | {time} |"
+            f"| {row.setting} | {row.mean:.1f} ± {row.std:.1f} | {min(row.top1):.1f} - {max(row.top1):.1f} | "
+            f"{len(row.top1)} | {row.cost.params:.3f} | {row.cost.gmacs:.2f} | {time} |"
         )
     return "\n".join(lines) + "\n"
