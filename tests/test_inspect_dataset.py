@@ -254,3 +254,19 @@ def test_sample_frames_are_spread_over_the_video_ends_included() -> None:
 
     assert evenly_spaced(20, 8) == [0, 3, 5, 8, 11, 14, 16, 19]
     assert evenly_spaced(20, 1) == [0] and evenly_spaced(3, 8) == [0, 1, 2]
+
+
+def test_sample_frames_survive_a_reader_that_hands_over_to_another(monkeypatch: pytest.MonkeyPatch) -> None:
+    """decord may call the frame chooser and then fail, and PyAV calls it again: the frames are chosen once."""
+    import torch
+    from conftest import load_script
+
+    script = load_script("inspect_dataset")
+
+    def decord_then_pyav(path: Path, choose, backend: str) -> torch.Tensor:
+        choose(20)  # the first reader chose, then failed
+        return torch.zeros(len(choose(20)), 3, 4, 4, dtype=torch.uint8)
+
+    monkeypatch.setattr(script, "read_frames", decord_then_pyav)
+    frames, chosen = script.spread_frames(Path("clip.mp4"), "decord", 8)
+    assert chosen == [0, 3, 5, 8, 11, 14, 16, 19] and frames.shape == (8, 4, 4, 3)
