@@ -181,6 +181,26 @@ def test_concurrent_processes_generate_a_spec_once_and_share_it(tmp_path):
     assert sorted(p.name for p in root.iterdir()) == sorted([MARKER, set_folder_name(spec)])  # no leftovers
 
 
+def test_a_root_claimed_by_another_process_while_we_look_is_not_taken_for_a_foreign_folder(tmp_path, monkeypatch):
+    # The other process creates the root, its marker and then its temporary set folder while
+    # this one looks at the (then empty) root: the window in which CI saw a sweep job refused.
+    root = tmp_path / "cache"
+    root.mkdir()
+    listing = Path.iterdir
+
+    def listing_after_the_other_process_claimed(folder: Path):
+        if folder == root and not (root / MARKER).exists():
+            (root / MARKER).write_text(
+                json.dumps({"generator": synthetic.GENERATOR, "format": synthetic.FORMAT, "role": "cache"}) + "\n"
+            )
+            (root / f".{set_folder_name(OTHER)}.tmp-1-00000000").mkdir()
+        return listing(folder)
+
+    monkeypatch.setattr(Path, "iterdir", listing_after_the_other_process_claimed)
+    folder = ensure_synthetic_dataset(root, SMALL, progress=False)
+    assert_complete(folder, SMALL)
+
+
 def test_a_killed_generation_leaves_no_set_and_only_its_own_leftovers_are_removed(tmp_path):
     root = tmp_path / "cache"
     spec = SyntheticSpec(num_train=400, num_test=0, frames=4, size=32)  # a few seconds to write

@@ -202,7 +202,9 @@ def _locked_cache_root(root: Path) -> Iterator[None]:
     """Hold the cache root's lock (an exclusive flock on root/MARKER), claiming `root` if it is
     missing or empty. UserError, with nothing written, for any other folder that is not a cache root."""
     marker = root / MARKER
-    if root.is_dir() and not marker.is_file() and any(root.iterdir()):
+    # List first, then look for the marker: a generator writes the marker before anything else
+    # and never removes it, so a root another process is claiming right now is never refused.
+    if root.is_dir() and any(entry.name != MARKER for entry in root.iterdir()) and not marker.is_file():
         raise _not_a_cache(root)
     try:
         root.mkdir(parents=True, exist_ok=True)
