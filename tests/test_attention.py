@@ -158,12 +158,16 @@ def test_rcca_gradients_match_brute_force(structure: str, memory_efficient: bool
 
 @pytest.mark.parametrize("n, t, h, w", [(1, 3, 4, 5), (2, 2, 3, 2), (1, 1, 1, 3), (2, 4, 1, 1)])
 def test_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int) -> None:
-    """Numerical Jacobians (float64) of CCA-3D w.r.t. q, k and v, sizes of 1 included."""
+    """Numerical Jacobians (float64) of CCA-3D (+ a base map) w.r.t. q, k, v and the base, sizes of 1 included."""
     torch.manual_seed(n + t + h + w)
     inner, value = 2, 3
     qk = torch.randn(n, t, h, w, 2 * inner, dtype=torch.float64, requires_grad=True)
     v = torch.randn(n, t, h, w, value, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(CrissCrossFunction.apply, (qk, v))
+    base = torch.randn(n, t, h, w, value, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(CrissCrossFunction.apply, (qk, v, None))
+    assert torch.autograd.gradcheck(CrissCrossFunction.apply, (qk, v, base))
+    with torch.no_grad():
+        assert torch.allclose(CrissCrossFunction.apply(qk, v, base), criss_cross_attention(qk, v)[0] + base, atol=1e-14)
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True])

@@ -20,6 +20,7 @@ recomputes the rest during the backward pass.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -69,26 +70,42 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
 
 
-def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False) -> Tensor:
-    """Weighted sums of `values` along the three lines of every position.
+def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, base: Tensor | None = None) -> Tensor:
+    """Weighted sums of `values` along the three lines of every position, added to `base` if given.
 
-    weights: N x T x H x W x (T + H + W), columns as in `line_affinities`; values: N x T x H x W x K.
-    Returns a new N x T x H x W x K tensor, contiguous (Eq. 3 of the paper):
-        out[n,t,h,w] = sum_t' weights[n,t,h,w,t'] values[n,t',h,w]
+    weights: N x T x H x W x (T + H + W), columns as in `line_affinities`; values and base:
+    N x T x H x W x K. Returns a new N x T x H x W x K tensor, contiguous (Eq. 3 of the paper):
+        out[n,t,h,w] = base[n,t,h,w] + sum_t' weights[n,t,h,w,t'] values[n,t',h,w]
                      + sum_h' weights[n,t,h,w,T+h'] values[n,t,h',w] + sum_w' weights[n,t,h,w,T+H+w'] values[n,t,h,w'].
     With `transpose`, each line's weight matrix is transposed (the adjoint map, used by the
     backward pass): out[n,t',h,w] gets weights[n,t,h,w,t'] values[n,t,h,w], and so on.
-    Nothing is written in place, so tracing and ONNX export see plain products and sums.
+    `base` (e.g. a residual) costs no pass of its own: the W lines' products start from it.
     """
     shape = tuple(values.shape[:4])
-    weights = weights.to(values.dtype)
-    out = None
-    for axis, start, size in reversed(line_columns(shape)):  # W first: its sums come out contiguous
-        line_weights = _lines(weights[..., start : start + size], axis)
-        line_weights = line_weights.transpose(1, 2) if transpose else line_weights
-        summed = _unlines(torch.bmm(line_weights, _lines(values, axis)), shape, axis)
-        out = summed if out is None else out + summed
+    if (base is not None and base.dtype != values.dtype) or torch.jit.is_tracing():
+        # Mixed precision: the sum in the wider type. Tracing (TorchScript, ONNX export): plain
+        # out-of-place products and sums, as the exporters mistranslate writes through views.
+        summed = [_unlines(torch.bmm(w, v), shape, axis) for axis, w, v in _line_products(weights, values, transpose)]
+        return sum(summed[1:], summed[0] if base is None else summed[0] + base)
+    out = values.new_empty(*shape, values.shape[-1])
+    for axis, line_weights, line_values in _line_products(weights, values, transpose):
+        if axis != 3:
+            out.add_(_unlines(torch.bmm(line_weights, line_values), shape, axis))
+        elif base is not None:
+            torch.baddbmm(_lines(base, axis), line_weights, line_values, out=_lines(out, axis))
+        else:
+            torch.bmm(line_weights, line_values, out=_lines(out, axis))
     return out
+
+
+def _line_products(weights: Tensor, values: Tensor, transpose: bool) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """(axis, B x L x L weights, B x L x K values) of `line_aggregate`'s three batched products, W first
+    (its lines are views of the result)."""
+    shape = tuple(values.shape[:4])
+    weights = weights.to(values.dtype)
+    for axis, start, size in reversed(line_columns(shape)):
+        line_weights = _lines(weights[..., start : start + size], axis)
+        yield axis, line_weights.transpose(1, 2) if transpose else line_weights, _lines(values, axis)
 
 
 def self_position_mask(t: int, h: int, w: int, device: torch.device) -> Tensor:
@@ -104,16 +121,16 @@ def self_position_mask(t: int, h: int, w: int, device: torch.device) -> Tensor:
     return ((column == frame) | (column == t + row)).expand(t, h, w, t + h + w)
 
 
-def criss_cross_attention(qk: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """CCA-3D on channels-last maps (Eq. 1-3): the aggregated map and the attention weights.
+def criss_cross_attention(qk: Tensor, v: Tensor, base: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """CCA-3D on channels-last maps (Eq. 1-3): the aggregated map (plus `base`, if given) and the attention weights.
 
-    qk: N x T x H x W x 2C', the query channels then the key channels; v: N x T x H x W x C_v.
+    qk: N x T x H x W x 2C', the query channels then the key channels; v and base: N x T x H x W x C_v.
     Returns out (N x T x H x W x C_v, dtype of v) and the attention weights
     (N x T x H x W x (T + H + W), at least float32, zero at the two masked self-positions). The
     softmax is taken in float32 whatever the dtype of the maps.
     """
     attention = line_attention(qk)
-    return line_aggregate(attention, v), attention
+    return line_aggregate(attention, v, base=base), attention
 
 
 def line_attention(qk: Tensor) -> Tensor:
@@ -130,8 +147,9 @@ def line_attention(qk: Tensor) -> Tensor:
 
 
 class CrissCrossFunction(torch.autograd.Function):
-    """CCA-3D(q, k, v) with a written-out backward pass that saves only q, k, v and the attention
-    (the projections that make q, k and v save their input, the recurrence's input).
+    """CCA-3D(q, k, v) + base with a written-out backward pass that saves only q, k, v and the
+    attention (the projections that make q, k and v save their input, the recurrence's input).
+    `base` may be None (nothing added); its gradient is the upstream gradient itself.
 
     Forward: out = sum_j A_j v_j over the line positions j of each query (Eq. 3), with
     A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
@@ -143,15 +161,16 @@ class CrissCrossFunction(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx: Any, qk: Tensor, v: Tensor) -> Tensor:
+    def forward(ctx: Any, qk: Tensor, v: Tensor, base: Tensor | None) -> Tensor:
         with torch.autocast(qk.device.type, enabled=False):
-            out, attention = criss_cross_attention(qk, v)
+            out, attention = criss_cross_attention(qk, v, base)
         ctx.save_for_backward(qk, v, attention)
+        ctx.base_dtype = None if base is None else base.dtype
         return out
 
     @staticmethod
     @once_differentiable  # the backward is not itself differentiable (no second derivatives)
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         qk, v, attention = ctx.saved_tensors
         with torch.autocast(qk.device.type, enabled=False):
             grad = grad.to(v.dtype).contiguous()
@@ -161,7 +180,8 @@ class CrissCrossFunction(torch.autograd.Function):
             grad_v = line_aggregate(attention, grad, transpose=True)
             grad_q = line_aggregate(grad_energy, k)
             grad_k = line_aggregate(grad_energy, q, transpose=True)
-        return torch.cat([grad_q, grad_k], dim=-1), grad_v
+        grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)
+        return torch.cat([grad_q, grad_k], dim=-1), grad_v, grad_base
 
 
 Projection = tuple[Tensor, Tensor]  # a 1x1x1 convolution as a matrix product: its out x in weight and its bias
@@ -205,13 +225,16 @@ class CrissCrossAttention3D(nn.Module):
         query_key = torch.cat([query[0], key[0]]), torch.cat([query[1], key[1]])
         return query_key, projection(self.value, value_scale)
 
-    def forward_channels_last(self, y: Tensor, projections: tuple[Projection, Projection] | None = None) -> Tensor:
-        """F(y) on an N x T x H x W x C map, with `projections()` (made once by a caller that applies F repeatedly)."""
+    def forward_channels_last(
+        self, y: Tensor, projections: tuple[Projection, Projection] | None = None, base: Tensor | None = None
+    ) -> Tensor:
+        """F(y) (+ `base`, e.g. a residual, at no extra pass) on an N x T x H x W x C map, with
+        `projections()` (made once by a caller that applies F repeatedly)."""
         query_key, value = projections or self.projections()
         qk, v = F.linear(y, *query_key), F.linear(y, *value)
         if torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad):
-            return CrissCrossFunction.apply(qk, v)
-        return criss_cross_attention(qk, v)[0]  # inference: the same products, nothing saved
+            return CrissCrossFunction.apply(qk, v, base)
+        return criss_cross_attention(qk, v, base)[0]  # inference: the same products, nothing saved
 
     def forward(self, x: Tensor) -> Tensor:
         return from_channels_last(self.forward_channels_last(x.movedim(1, 4)), x)
@@ -279,18 +302,13 @@ class RCCA3D(nn.Module):
         restore = ("restore",) if self.restore is not None else ()
         return ("cca", *(f"cca.{name}" for name in self.cca.applies_children), *restore)
 
-    def scaled_context(self, y: Tensor, projections: tuple[Projection, ...]) -> Tensor:
-        """gamma F(y) on a channels-last map; gamma comes folded into the last of `projections`
-        (v's, or structure c's restoring conv's)."""
-        out = self.cca.forward_channels_last(y, projections[:2])
-        return out if self.restore is None else F.linear(out, *projections[2])
-
     def step(self, y: Tensor, x: Tensor, projections: tuple[Projection, ...]) -> Tensor:
-        """One recurrence, Y_{r-1} -> Y_r (before structure d's final residual)."""
-        context = self.scaled_context(y, projections)
-        if self.structure == "d":
-            return context
-        return context + (y if self.structure == "b" else x)
+        """One recurrence, Y_{r-1} -> Y_r (before structure d's final residual). gamma comes folded
+        into the last of `projections` (v's, or structure c's restoring conv's)."""
+        residual = None if self.structure == "d" else y if self.structure == "b" else x
+        if self.restore is None:  # the residual enters the aggregation's first product
+            return self.cca.forward_channels_last(y, projections[:2], base=residual)
+        return F.linear(self.cca.forward_channels_last(y, projections[:2]), *projections[2]) + residual
 
     def prepared(self, x: Tensor) -> tuple[Tensor, tuple[Projection, ...]]:
         """The channels-last input and the projections with gamma folded in, for `step`."""
