@@ -46,6 +46,7 @@ import contextlib
 import itertools
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -188,20 +189,33 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def timed(step: Step, device: torch.device) -> float:
+    """Wall seconds of one call of `step` (after clearing what the previous one left)."""
+    step.clear()
+    synchronize(device)
+    start = time.perf_counter()
+    step()
+    synchronize(device)
+    return time.perf_counter() - start
+
+
 def median_time(step: Step, device: torch.device, warmup: int, repeats: int) -> float:
     """Median wall time of `step` in seconds, after `warmup` untimed calls."""
+    return median_times({"step": step}, device, warmup, repeats)["step"]
+
+
+def median_times(steps: dict[str, Step], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+    """Median wall seconds of each of `steps`, after `warmup` untimed calls of each. The steps are
+    timed in turn, one call of each per round, so that a change in the machine's load during the
+    measurement affects them alike and their ratios stay fair."""
     for _ in range(warmup):
-        step.clear()
-        step()
-    times = []
+        for step in steps.values():
+            timed(step, device)
+    times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(repeats):
-        step.clear()
-        synchronize(device)
-        start = time.perf_counter()
-        step()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, step in steps.items():
+            times[name].append(timed(step, device))
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def peak_memory(step: Step, device: torch.device) -> int:
@@ -242,35 +256,44 @@ def nonlocal_bytes(shape: tuple[int, ...]) -> int:
     return 4 * 4 * n * (t * h * w) ** 2
 
 
-def measure_module(
+def measure_modules(
     site: str,
-    name: str,
-    channels: int,
+    names: list[str],
     shape: tuple[int, ...],
     device: torch.device,
     timing: tuple[int, int],
     limit: int,
-) -> ModuleResult:
-    """Time, saved bytes and peak memory of one module at one input shape (None: over `limit` bytes)."""
-    if name.startswith("NonLocal3D") and "subsample" not in name and nonlocal_bytes(shape) > limit:
-        return ModuleResult(site, name, list(shape), None, None, None)
-    step = module_pass(name, channels, shape, device)
+) -> list[ModuleResult]:
+    """Time (`median_times`: the modules timed in turn), saved bytes and peak memory of each module
+    of `names` at one input shape. None for a full non-local block whose maps would exceed `limit`
+    bytes, and for all of `names` if they run out of GPU memory together."""
+    results = {name: ModuleResult(site, name, list(shape), None, None, None) for name in names}
+    fits = [name for name in names if not (name == "NonLocal3D" and nonlocal_bytes(shape) > limit)]
     try:
-        seconds = median_time(step, device, *timing)
-        saved = saved_tensor_bytes(lambda: step.module(step.x))
-        peak = peak_memory(step, device)
+        steps = {name: module_pass(name, shape[1], shape, device) for name in fits}
+        seconds = median_times(steps, device, *timing)
+        for name, step in steps.items():
+            saved = saved_tensor_bytes(lambda step=step: step.module(step.x))
+            peak = peak_memory(step, device)
+            results[name] = ModuleResult(site, name, list(shape), seconds[name] * 1e3, saved / MIB, peak / MIB)
     except torch.cuda.OutOfMemoryError:
-        return ModuleResult(site, name, list(shape), None, None, None)
-    return ModuleResult(site, name, list(shape), seconds * 1e3, saved / MIB, peak / MIB)
+        return [ModuleResult(site, name, list(shape), None, None, None) for name in names]
+    return list(results.values())
 
 
 @contextlib.contextmanager
-def busy_processes(count: int) -> Iterator[None]:
-    """`count` other CPU-bound processes (busy Python loops) running while the block runs."""
+def busy_processes(count: int) -> Iterator[Callable[[bool], None]]:
+    """`count` other CPU-bound processes (busy Python loops) running while the block runs. The block
+    gets a function that pauses (False) or resumes (True) them, with SIGSTOP and SIGCONT."""
     spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+
+    def set_running(running: bool) -> None:
+        for spinner in spinners:
+            spinner.send_signal(signal.SIGCONT if running else signal.SIGSTOP)
+
     try:
         time.sleep(0.5)  # let them start spinning
-        yield
+        yield set_running
     finally:
         for spinner in spinners:
             spinner.kill()
@@ -325,7 +348,7 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
         channels, size = channels // args.shrink, max(2, size // args.shrink)
         shape = (args.batch, channels, args.frames, size, size)
         print(f"{site}: input {' x '.join(map(str, shape))}")
-        rows = [measure_module(site, name, channels, shape, device, timing, limit) for name in MODULES]
+        rows = measure_modules(site, list(MODULES), shape, device, timing, limit)
         print_module_rows(rows, lambda r: r.site)
         results += rows
 
@@ -336,22 +359,21 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
         t, h, w = t, max(2, h // args.shrink), max(2, w // args.shrink)
         shape = (args.batch, channels, t, h, w)
         for name in ("RCCA3D(R=3)", "NonLocal3D"):
-            scaling.append(measure_module(f"{t}x{h}x{w}", name, channels, shape, device, (0, 1), limit))
+            scaling += measure_modules(f"{t}x{h}x{w}", [name], shape, device, (0, 1), limit)
     print_module_rows(scaling, lambda r: r.site)
     if any(r.time_ms is None for r in scaling):
         print(f"out of memory: a full non-local block needs over {limit / GIB:.1f} GiB there (4 THW x THW maps)")
 
     busy: dict[str, dict[str, float]] = {}
     if device.type == "cpu" and args.busy:
-        print(f"with {args.busy} other busy processes on the {os.cpu_count()} CPUs:")
         compared = [r for r in results if r.module in ("RCCA3D(R=3)", "NonLocal3D") and r.time_ms is not None]
-        with busy_processes(args.busy):
-            loaded = [measure_busy(r, device, timing) for r in compared]
-        for quiet, seconds in zip(compared, loaded, strict=True):
-            busy.setdefault(quiet.site, {})[quiet.module] = seconds * 1e3 / quiet.time_ms
-            print(
-                f"{quiet.site:<12} {quiet.module:<26} {seconds * 1e3:>11.1f} ms: x{seconds * 1e3 / quiet.time_ms:.2f}"
-            )
+        print(
+            f"with {args.busy} other busy processes on the {os.cpu_count()} CPUs (running and paused in turn, "
+            f"{args.repeats} rounds; quiet ms, busy ms, slowdown):"
+        )
+        for (site, module), (quiet, loaded) in busy_times(compared, device, args.busy, timing).items():
+            busy.setdefault(site, {})[module] = loaded / quiet
+            print(f"{site:<12} {module:<26} {quiet * 1e3:>11.1f} {loaded * 1e3:>9.1f}: x{loaded / quiet:.2f}")
 
     ratios = module_ratios(results, busy)
     runs: dict[str, float] = {}
@@ -381,10 +403,27 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
     }
 
 
-def measure_busy(quiet: ModuleResult, device: torch.device, timing: tuple[int, int]) -> float:
-    """Median forward + backward seconds of the module and site of `quiet`, measured again now."""
-    step = module_pass(quiet.module, quiet.input_shape[1], tuple(quiet.input_shape), device)
-    return median_time(step, device, *timing)
+def busy_times(
+    compared: list[ModuleResult], device: torch.device, count: int, timing: tuple[int, int]
+) -> dict[tuple[str, str], tuple[float, float]]:
+    """(site, module) -> median seconds of its pass with `count` other busy processes paused, then
+    running. Each round times every pass with the processes paused, then every pass with them
+    running, so both medians come from the same minutes of the machine's own load."""
+    steps = {
+        (r.site, r.module): module_pass(r.module, r.input_shape[1], tuple(r.input_shape), device) for r in compared
+    }
+    quiet: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    loaded: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
+    warmup, repeats = timing
+    with busy_processes(count) as set_running:
+        for round_ in range(warmup + repeats):
+            for running, times in ((False, quiet), (True, loaded)):
+                set_running(running)
+                for key, step in steps.items():
+                    seconds = timed(step, device)
+                    if round_ >= warmup:
+                        times[key].append(seconds)
+    return {key: (statistics.median(quiet[key]), statistics.median(loaded[key])) for key in steps}
 
 
 def module_ratios(results: list[ModuleResult], busy: dict[str, dict[str, float]]) -> dict[str, float]:
@@ -775,7 +814,7 @@ def main(argv: list[str] | None = None) -> None:
     modules = commands.add_parser("modules", parents=[runs_models], help="RCCA-3D vs non-local: time and memory")
     modules.add_argument("--batch", type=int, default=1, help="clips per pass (default 1)")
     modules.add_argument("--frames", type=int, default=8, help="T of the feature maps (default 8)")
-    modules.add_argument("--repeats", type=int, default=3)
+    modules.add_argument("--repeats", type=int, default=5, help="timed passes per module (and busy rounds)")
     modules.add_argument("--warmup", type=int, default=1)
     modules.add_argument("--busy", type=int, default=2, help="other busy processes for the slowdown figure (0: skip)")
     modules.add_argument("--shrink", type=int, default=1, help="divide channels and sizes by this (a smoke test)")

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import time
+from pathlib import Path
 
 import pytest
-from conftest import run_entry
+from conftest import load_script, run_entry
 
 
 def test_training_reports_clips_per_second_and_epoch_hours() -> None:
@@ -71,3 +74,27 @@ def test_modules_reports_every_efficiency_figure() -> None:
     assert [site for site, _ in scaling[::2]] == ["8x2x2", "8x3x3", "16x3x3", "8x7x7"]
     assert all(r["time_ms"] > 0 and r["saved_mib"] > 0 for r in summary["scaling"])
     assert "target <= 1.5" in result.stdout and len(summary["load_average"]) == 2
+
+
+def cpu_ticks(pid: int) -> int:
+    """User + system clock ticks the process `pid` has used (/proc/<pid>/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+
+
+def test_busy_processes_spin_only_while_running_and_are_gone_after() -> None:
+    """The busy figure alternates paused and running spinners: paused ones must take no CPU time."""
+    benchmark = load_script("benchmark")
+    children = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children")
+    with benchmark.busy_processes(2) as set_running:
+        pids = [int(pid) for pid in children.read_text().split()]
+        assert len(pids) == 2
+        set_running(False)
+        time.sleep(0.1)
+        before = [cpu_ticks(pid) for pid in pids]
+        time.sleep(0.5)
+        assert [cpu_ticks(pid) for pid in pids] == before  # stopped: not one tick
+        set_running(True)
+        time.sleep(0.5)
+        assert all(cpu_ticks(pid) > ticks for pid, ticks in zip(pids, before, strict=True))
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
