@@ -407,8 +407,8 @@ def busy_times(
     compared: list[ModuleResult], device: torch.device, count: int, timing: tuple[int, int]
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """(site, module) -> median seconds of its pass with `count` other busy processes paused, then
-    running. Each round times every pass with the processes paused, then every pass with them
-    running, so both medians come from the same minutes of the machine's own load."""
+    running. Each round times every pass with the processes paused and every pass with them running
+    (which first alternates), so both medians come from the same minutes of the machine's own load."""
     steps = {
         (r.site, r.module): module_pass(r.module, r.input_shape[1], tuple(r.input_shape), device) for r in compared
     }
@@ -417,7 +417,8 @@ def busy_times(
     warmup, repeats = timing
     with busy_processes(count) as set_running:
         for round_ in range(warmup + repeats):
-            for running, times in ((False, quiet), (True, loaded)):
+            phases = ((False, quiet), (True, loaded))
+            for running, times in phases if round_ % 2 == 0 else reversed(phases):  # either side first, in turn
                 set_running(running)
                 for key, step in steps.items():
                     seconds = timed(step, device)
@@ -432,6 +433,8 @@ def module_ratios(results: list[ModuleResult], busy: dict[str, dict[str, float]]
     for site in SITES:
         by_name = {r.module: r for r in results if r.site == site}
         rcca, nl = by_name["RCCA3D(R=3)"], by_name["NonLocal3D"]
+        if rcca.time_ms is None:  # the site's passes ran out of GPU memory together: no figures
+            continue
         ratios[f"{site}: time, RCCA-3D / its q, k, v convolutions"] = rcca.time_ms / by_name["q,k,v convs x3"].time_ms
         if nl.time_ms is not None:
             ratios[f"{site}: time, RCCA-3D / non-local"] = rcca.time_ms / nl.time_ms

@@ -224,6 +224,37 @@ def test_autocast_keeps_the_softmax_in_float32(device: str, dtype: torch.dtype) 
     assert torch.isfinite(x.grad).all() and torch.isfinite(module.gamma.grad)
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_the_residual_gets_the_upstream_gradient_in_its_own_precision(device: str) -> None:
+    """Under bf16 autocast the products run in bf16, but a float32 residual's gradient is the float32
+    upstream gradient itself, unrounded (as for the plain sum context + residual)."""
+    torch.manual_seed(0)
+    qk, v = (torch.randn(1, 3, 4, 5, c, device=device, dtype=torch.bfloat16, requires_grad=True) for c in (4, 8))
+    base = torch.randn(1, 3, 4, 5, 8, device=device, requires_grad=True)
+    out = CrissCrossFunction.apply(qk, v, base)
+    upstream = torch.randn_like(out) / 3  # thirds: not representable in bf16
+    out.backward(upstream)
+    assert out.dtype == torch.float32 and torch.equal(base.grad, upstream)
+
+
+def test_the_inference_path_stays_differentiable() -> None:
+    """`criss_cross_attention` and a CCA-3D whose weights are frozen still give autograd a graph
+    (the in-place accumulation is for maps that need no gradient)."""
+    torch.manual_seed(0)
+    qk = torch.randn(1, 3, 4, 5, 4, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    base = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64, requires_grad=True)
+    out = criss_cross_attention(qk, v, base)[0]
+    grads = torch.autograd.grad(out.pow(2).sum(), (qk, v, base))
+    expected = torch.autograd.grad(CrissCrossFunction.apply(qk, v, base).pow(2).sum(), (qk, v, base))
+    for ours, reference in zip(grads, expected, strict=True):
+        assert torch.allclose(ours, reference, atol=1e-12)
+    frozen = CrissCrossAttention3D(3, 2).double().requires_grad_(False)
+    y = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64)
+    frozen.forward_channels_last(y, base=base).sum().backward()
+    assert torch.equal(base.grad, torch.ones_like(base))
+
+
 @pytest.mark.parametrize("device, backend", [("cpu", "aot_eager"), pytest.param("cuda", "inductor", marks=needs_cuda)])
 def test_torch_compile_gives_the_eager_output_and_gradients(device: str, backend: str) -> None:
     torch.manual_seed(0)

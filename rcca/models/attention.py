@@ -10,7 +10,9 @@ How it is computed. The module works channels-last (N x T x H x W x C, the layou
 `torch.channels_last_3d`): the query and key maps come from one matrix product of the
 input with their stacked 1x1x1 weights, the value map from another, and along every axis
 the lines are a batch of small matrices of that layout, so each affinity or aggregation
-over one axis is one batched matrix product (`line_affinities`, `line_aggregate`). The
+over one axis is one batched matrix product (`line_affinities`, `line_aggregate`); the three
+aggregations accumulate in place into one new map, the first starting from the residual
+(structures a and b; out of place when traced or under mixed precision). The
 backward pass is written out (`CrissCrossFunction`): it saves q, k, v and the attention
 weights only, and issues the same few batched products, so no gradient arrives in a
 layout that the matrix kernels would have to copy one small matrix at a time. With
@@ -79,12 +81,16 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
                      + sum_h' weights[n,t,h,w,T+h'] values[n,t,h',w] + sum_w' weights[n,t,h,w,T+H+w'] values[n,t,h,w'].
     With `transpose`, each line's weight matrix is transposed (the adjoint map, used by the
     backward pass): out[n,t',h,w] gets weights[n,t,h,w,t'] values[n,t,h,w], and so on.
-    `base` (e.g. a residual) costs no pass of its own: the W lines' products start from it.
+    The three sums accumulate in place in the new map, and `base` (e.g. a residual) costs no pass
+    of its own: the W lines' products start from it. Plain out-of-place products and sums instead
+    (`base` added by a pass of its own) when tracing (TorchScript, ONNX export: the exporters
+    mistranslate writes through views), when autograd records the call, and when `base` is wider
+    than `values` (mixed precision: the sum in the wider type).
     """
     shape = tuple(values.shape[:4])
-    if (base is not None and base.dtype != values.dtype) or torch.jit.is_tracing():
-        # Mixed precision: the sum in the wider type. Tracing (TorchScript, ONNX export): plain
-        # out-of-place products and sums, as the exporters mistranslate writes through views.
+    inputs = (weights, values) if base is None else (weights, values, base)
+    recorded = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
+    if (base is not None and base.dtype != values.dtype) or recorded or torch.jit.is_tracing():
         summed = [_unlines(torch.bmm(w, v), shape, axis) for axis, w, v in _line_products(weights, values, transpose)]
         return sum(summed[1:], summed[0] if base is None else summed[0] + base)
     out = values.new_empty(*shape, values.shape[-1])
@@ -125,7 +131,7 @@ def criss_cross_attention(qk: Tensor, v: Tensor, base: Tensor | None = None) -> 
     """CCA-3D on channels-last maps (Eq. 1-3): the aggregated map (plus `base`, if given) and the attention weights.
 
     qk: N x T x H x W x 2C', the query channels then the key channels; v and base: N x T x H x W x C_v.
-    Returns out (N x T x H x W x C_v, dtype of v) and the attention weights
+    Returns out (N x T x H x W x C_v, dtype of v or the wider of v and base) and the attention weights
     (N x T x H x W x (T + H + W), at least float32, zero at the two masked self-positions). The
     softmax is taken in float32 whatever the dtype of the maps.
     """
@@ -172,6 +178,7 @@ class CrissCrossFunction(torch.autograd.Function):
     @once_differentiable  # the backward is not itself differentiable (no second derivatives)
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         qk, v, attention = ctx.saved_tensors
+        grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)  # before any rounding to v's dtype
         with torch.autocast(qk.device.type, enabled=False):
             grad = grad.to(v.dtype).contiguous()
             q, k = qk.chunk(2, dim=-1)
@@ -180,7 +187,6 @@ class CrissCrossFunction(torch.autograd.Function):
             grad_v = line_aggregate(attention, grad, transpose=True)
             grad_q = line_aggregate(grad_energy, k)
             grad_k = line_aggregate(grad_energy, q, transpose=True)
-        grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)
         return torch.cat([grad_q, grad_k], dim=-1), grad_v, grad_base
 
 
@@ -228,11 +234,11 @@ class CrissCrossAttention3D(nn.Module):
     def forward_channels_last(
         self, y: Tensor, projections: tuple[Projection, Projection] | None = None, base: Tensor | None = None
     ) -> Tensor:
-        """F(y) (+ `base`, e.g. a residual, at no extra pass) on an N x T x H x W x C map, with
+        """F(y) (+ `base`, e.g. a residual, see `line_aggregate`) on an N x T x H x W x C map, with
         `projections()` (made once by a caller that applies F repeatedly)."""
         query_key, value = projections or self.projections()
         qk, v = F.linear(y, *query_key), F.linear(y, *value)
-        if torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad):
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qk, v, base)):
             return CrissCrossFunction.apply(qk, v, base)
         return criss_cross_attention(qk, v, base)[0]  # inference: the same products, nothing saved
 

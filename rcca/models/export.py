@@ -13,8 +13,9 @@ those of the export and are fixed.
 Nothing is written before the exported model has been run on random clips of two batch sizes
 (`CHECK_BATCHES`; ONNX by ONNX Runtime) and its logits compared with the eager model's: a
 difference above `TOLERANCE` (relative to the logits' scale, at least 1) is an error and no file
-is written. This catches an exporter that mistranslates an operation (CCA-3D is written without in-place
-writes into views and with non-negative dims for this reason: PyTorch's ONNX exporter got both wrong).
+is written. This catches an exporter that mistranslates an operation (CCA-3D sums out of place when
+traced and uses non-negative dims for this reason: PyTorch's ONNX exporter got writes through views
+and negative dims wrong).
 """
 
 from __future__ import annotations
