@@ -2,7 +2,8 @@
 
 modules  The efficiency figures of RCCA-3D (structure a, R=3, C_d=1/4), from one run. At the paper's
          TSM-ResNet-50 sites for 8-frame clips at 224, conv3_3 (C=512, 28x28) and conv4_5 (C=1024,
-         14x14), float32, forward + backward, median of --repeats after --warmup: the time, the bytes
+         14x14), float32, forward + backward, median of --repeats after --warmup (the modules of a
+         site timed in turn, one pass of each per round): the time, the bytes
          autograd saves for backward (distinct storages) and the peak memory of RCCA-3D, of RCCA-3D
          with memory_efficient=true, of its own q, k, v 1x1x1 convolutions applied R times (its
          floor), and of the non-local block with and without 1x2x2 subsampling. Peak: on CUDA
@@ -11,7 +12,8 @@ modules  The efficiency figures of RCCA-3D (structure a, R=3, C_d=1/4), from one
          scaling table over T x H x W (C=512) for RCCA-3D and the full non-local block; a shape whose
          non-local maps would not fit (half the free memory on the CPU) is reported as out of memory.
          On the CPU also: the slowdown of RCCA-3D and non-local while --busy other busy processes
-         run; the trainer's step against a bare forward-backward-step loop on the same batches (the
+         run (--repeats rounds, each timing both with the processes paused and running); the
+         trainer's step against a bare forward-backward-step loop on the same batches (the
          quick-start model and recipe); and the quick-start `python train.py` on a quiet machine and
          next to one busy process (--no-runs skips these two, a few minutes). It ends with the
          ratios and their targets. CPU runs use all of torch's threads unless --threads says
