@@ -185,6 +185,22 @@ def test_rcca_saves_at_most_its_analytic_floor(memory_efficient: bool) -> None:
     assert activations <= saved_tensor_bytes(lambda: module(x)) <= activations + 4 * weights
 
 
+def test_line_products_run_as_one_kernel_call_per_batch_of_lines() -> None:
+    """A forward + backward pass issues one batched product per batch of lines, R x 6 products x
+    (1 W batch + N T batches + N*T H batches), and none falls back to one matrix at a time (PyTorch
+    does when a product's result is not contiguous: a select and a matrix product per line)."""
+    n, c, t, h, w = 2, 32, 4, 8, 8  # large enough for the matrix kernels (PyTorch loops itself below 400 MACs)
+    module = RCCA3D(c)
+    x = torch.randn(n, c, t, h, w, requires_grad=True)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:
+        module(x).sum().backward()
+    products = [event for event in profile.events() if event.name in ("aten::bmm", "aten::baddbmm", "aten::baddbmm_")]
+    # 6 products a recurrence: affinities and aggregation forward; D, dV, dQ, dK backward.
+    assert len(products) == module.recurrence * 6 * (1 + n + n * t)
+    per_matrix = [child.name for event in products for child in event.cpu_children]
+    assert not {"aten::select", "aten::addmm_", "aten::mm"} & set(per_matrix), per_matrix
+
+
 def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:
     torch.manual_seed(0)
     module = RCCA3D(8, gamma_init=0.6)

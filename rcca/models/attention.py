@@ -8,21 +8,24 @@ affinity maps are T, H and W wide, so memory is O(THW (T + H + W)).
 
 How it is computed. The module works channels-last (N x T x H x W x C, the layout of
 `torch.channels_last_3d`): the query and key maps come from one matrix product of the
-input with their stacked 1x1x1 weights, the value map from another, and along every axis
-the lines are a batch of small matrices of that layout, so each affinity or aggregation
-over one axis is one batched matrix product (`line_affinities`, `line_aggregate`); the three
-aggregations accumulate in place into one new map, the first starting from the residual
-(structures a and b; out of place when traced or under mixed precision). The
+input with their stacked 1x1x1 weights, the value map from another. Along every axis the
+lines are small matrices of that layout, read where they lie: the W lines are one batch,
+the T lines one batch per clip and the H lines one per frame (`_batches`), so each affinity
+or aggregation over one axis is one batched matrix product per batch and no line is copied
+(`line_affinities`, `line_aggregate`). The W products write the new map itself, starting
+from the residual (structures a and b); the T and H products, whose lines are not
+contiguous in it, go to a scratch map and are added (the matrix kernels write only
+contiguous results without falling back to one matrix at a time). Traced and
+autograd-recorded calls take plain out-of-place products of copied lines instead. The
 backward pass is written out (`CrissCrossFunction`): it saves q, k, v and the attention
-weights only, and issues the same few batched products, so no gradient arrives in a
-layout that the matrix kernels would have to copy one small matrix at a time. With
+weights only and issues the same batched products. With
 `memory_efficient=True` an RCCA-3D keeps only the input of each recurrence and
 recomputes the rest during the backward pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import math
 from typing import Any
 
 import torch
@@ -35,20 +38,65 @@ STRUCTURES = ("a", "b", "c", "d")
 
 
 def _lines(x: Tensor, axis: int) -> Tensor:
-    """The lines of `x` along `axis` as one batch of matrices: N x T x H x W x C -> B x L x C.
+    """The lines of `x` along `axis`, a view: N x T x H x W x K -> O x I x L x K.
 
-    L is the size of `axis`; B runs over the other three axes in their order. A view of `x` for
-    W (and for T when N = 1), a copy for H: one large product over a copy stays fast on a busy
-    machine, where a loop of per-frame products waits at a thread barrier each time.
+    L is the size of `axis`, O the product of the axes before it and I of those after it (up to
+    W), so the lines of one index o of the outer axes are I matrices L x K a constant stride apart.
+    `x`'s positions must be rows of one matrix with unit channel stride (`_position_rows`).
     """
-    moved = x.movedim(axis, 3)
-    return moved.reshape(-1, *moved.shape[-2:])
+    outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 : 4])
+    return x.reshape(-1, x.shape[-1]).view(outer, x.shape[axis], inner, x.shape[-1]).transpose(1, 2)
 
 
-def _unlines(y: Tensor, shape: tuple[int, ...], axis: int) -> Tensor:
-    """Inverse of `_lines` for a result B x L x K: -> N x T x H x W x K (a view of `y`)."""
-    others = [shape[i] for i in range(4) if i != axis]
-    return y.view(*others, shape[axis], y.shape[-1]).movedim(3, axis)
+def _unlines(lines: Tensor, shape: tuple[int, ...]) -> Tensor:
+    """Inverse of `_lines` for a contiguous O x I x L x K: -> N x T x H x W x K over the grid `shape` (a view)."""
+    return lines.transpose(1, 2).reshape(*shape[:4], lines.shape[-1])
+
+
+def _batches(lines: Tensor) -> list[Tensor]:
+    """The O x I x L x K `lines` as batches of matrices B x L x K that one product each can take,
+    views: one batch of all O lines when I = 1 (the W lines: they lie a constant stride apart),
+    else one batch of I lines per outer index. E.g. N = 1, T = 8: the W lines are one batch of
+    8H, the T lines one batch of HW, the H lines 8 batches (one per frame) of W lines each.
+    No line is copied: the matrix kernels take any constant stride between the matrices of a batch.
+    """
+    return [lines.flatten(0, 1)] if lines.shape[1] == 1 else list(lines.unbind(0))
+
+
+def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base: Tensor | None = None) -> Tensor:
+    """first @ second for every line: O x I x L x M and O x I x M x K line views -> O x I x L x K, contiguous.
+
+    With `out` (contiguous, O x I x L x K) the products are written into it, each batch by one
+    matrix kernel call, and start from `base`'s lines (O x I x L x K) when given; the result must be
+    contiguous for the kernels to write it without a copy. Without `out`, one out-of-place product
+    of the lines copied into one batch (what tracing, for any batch size, and autograd can record).
+    """
+    if out is None:  # one product of copied lines: the traced graph holds for any batch size
+        product = torch.bmm(first.reshape(-1, *first.shape[2:]), second.reshape(-1, *second.shape[2:]))
+        return product.view(*first.shape[:3], -1)
+    pairs = zip(_batches(first), _batches(second), strict=True)
+    bases = _batches(base) if base is not None else [None] * len(_batches(out))
+    for (a, b), result, start in zip(pairs, _batches(out), bases, strict=True):
+        if start is None:
+            torch.bmm(a, b, out=result)
+        else:
+            torch.baddbmm(start, a, b, out=result)
+    return out
+
+
+def _position_rows(x: Tensor) -> Tensor:
+    """`x` (N x T x H x W x K) itself when its positions are rows of one matrix with unit channel
+    stride (contiguous, or some channels of such a map), else a contiguous copy."""
+    rows = x.reshape(-1, x.shape[-1])
+    return (rows if rows.stride(-1) == 1 else rows.contiguous()).view(x.shape)
+
+
+def _writes_in_place(*tensors: Tensor) -> bool:
+    """Whether the line products may write into new tensors through `out=`: not when tracing
+    (TorchScript, ONNX export: the exporters mistranslate writes through views) and not when
+    autograd records the call (`out=` products refuse inputs that need gradients)."""
+    recorded = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in tensors)
+    return not (recorded or torch.jit.is_tracing())
 
 
 def line_columns(shape: tuple[int, ...]) -> list[tuple[int, int, int]]:
@@ -64,11 +112,13 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     [t' = 0..T-1 | h' = 0..H-1 | w' = 0..W-1]: out[n,t,h,w,t'] = <a[n,t,h,w], b[n,t',h,w]>,
     out[n,t,h,w,T+h'] = <a[n,t,h,w], b[n,t,h',w]>, out[n,t,h,w,T+H+w'] = <a[n,t,h,w], b[n,t,h,w']>.
     """
-    shape = tuple(a.shape[:4])
-    blocks = [
-        _unlines(torch.bmm(_lines(a, axis), _lines(b, axis).transpose(1, 2)), shape, axis)  # B x L x L' each
-        for axis, _, _ in line_columns(shape)
-    ]
+    shape, in_place = tuple(a.shape[:4]), _writes_in_place(a, b)
+    a, b = _position_rows(a), _position_rows(b)
+    blocks = []
+    for axis, _, _ in line_columns(shape):
+        a_lines, b_lines = _lines(a, axis), _lines(b, axis).transpose(-2, -1)  # O x I x L x C, O x I x C x L
+        out = a.new_empty(*a_lines.shape[:3], b_lines.shape[-1]) if in_place else None
+        blocks.append(_unlines(_line_product(a_lines, b_lines, out), shape))
     return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
 
 
@@ -81,37 +131,35 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
                      + sum_h' weights[n,t,h,w,T+h'] values[n,t,h',w] + sum_w' weights[n,t,h,w,T+H+w'] values[n,t,h,w'].
     With `transpose`, each line's weight matrix is transposed (the adjoint map, used by the
     backward pass): out[n,t',h,w] gets weights[n,t,h,w,t'] values[n,t,h,w], and so on.
-    The three sums accumulate in place in the new map, and `base` (e.g. a residual) costs no pass
-    of its own: the W lines' products start from it. Plain out-of-place products and sums instead
-    (`base` added by a pass of its own) when tracing (TorchScript, ONNX export: the exporters
-    mistranslate writes through views), when autograd records the call, and when `base` is wider
-    than `values` (mixed precision: the sum in the wider type).
+    The W lines' products write the new map, starting from `base` (e.g. a residual), which so costs
+    no pass of its own; the T and H products go to one scratch map in turn and are added. Plain
+    out-of-place products and sums instead (`base` added by a pass of its own) when tracing
+    (TorchScript, ONNX export), when autograd records the call, and when `base` is wider than
+    `values` (mixed precision: the sum in the wider type).
     """
-    shape = tuple(values.shape[:4])
+    shape, weights = tuple(values.shape[:4]), weights.to(values.dtype)
     inputs = (weights, values) if base is None else (weights, values, base)
-    recorded = torch.is_grad_enabled() and any(tensor.requires_grad for tensor in inputs)
-    if (base is not None and base.dtype != values.dtype) or recorded or torch.jit.is_tracing():
-        summed = [_unlines(torch.bmm(w, v), shape, axis) for axis, w, v in _line_products(weights, values, transpose)]
-        return sum(summed[1:], summed[0] if base is None else summed[0] + base)
-    out = values.new_empty(*shape, values.shape[-1])
-    for axis, line_weights, line_values in _line_products(weights, values, transpose):
-        if axis != 3:
-            out.add_(_unlines(torch.bmm(line_weights, line_values), shape, axis))
-        elif base is not None:
-            torch.baddbmm(_lines(base, axis), line_weights, line_values, out=_lines(out, axis))
+    in_place = _writes_in_place(*inputs) and (base is None or base.dtype == values.dtype)
+    values = _position_rows(values)
+    out = values.new_empty(*shape, values.shape[-1]) if in_place else None
+    scratch = torch.empty_like(out) if in_place else None  # the T, then the H products, before they are added
+    summed = base  # the out-of-place sum, from the residual (the wider type under mixed precision)
+    for axis, start, size in reversed(line_columns(shape)):  # W first: its lines are views of the new map
+        line_weights, line_values = _lines(weights[..., start : start + size], axis), _lines(values, axis)
+        line_weights = line_weights.transpose(-2, -1) if transpose else line_weights  # O x I x L x L
+        if out is None:
+            product = _unlines(_line_product(line_weights, line_values), shape)
+            summed = product if summed is None else summed + product
+        elif axis == 3:
+            _line_product(
+                line_weights,
+                line_values,
+                _lines(out, axis),
+                None if base is None else _lines(_position_rows(base), axis),
+            )
         else:
-            torch.bmm(line_weights, line_values, out=_lines(out, axis))
-    return out
-
-
-def _line_products(weights: Tensor, values: Tensor, transpose: bool) -> Iterator[tuple[int, Tensor, Tensor]]:
-    """(axis, B x L x L weights, B x L x K values) of `line_aggregate`'s three batched products, W first
-    (its lines are views of the result)."""
-    shape = tuple(values.shape[:4])
-    weights = weights.to(values.dtype)
-    for axis, start, size in reversed(line_columns(shape)):
-        line_weights = _lines(weights[..., start : start + size], axis)
-        yield axis, line_weights.transpose(1, 2) if transpose else line_weights, _lines(values, axis)
+            out.add_(_unlines(_line_product(line_weights, line_values, scratch.view(line_values.shape)), shape))
+    return summed if out is None else out
 
 
 def self_position_mask(t: int, h: int, w: int, device: torch.device) -> Tensor:
@@ -178,9 +226,12 @@ class CrissCrossFunction(torch.autograd.Function):
     @once_differentiable  # the backward is not itself differentiable (no second derivatives)
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         qk, v, attention = ctx.saved_tensors
-        grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)  # before any rounding to v's dtype
+        # Contiguous once (it arrives permuted from a channels-first output): the residual's gradient is
+        # this same map, which autograd then sums in place with the others; before any rounding to v's dtype.
+        grad = grad.contiguous()
+        grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)
         with torch.autocast(qk.device.type, enabled=False):
-            grad = grad.to(v.dtype).contiguous()
+            grad = grad.to(v.dtype)
             q, k = qk.chunk(2, dim=-1)
             # dE = A (D - s): the softmax's own backward kernel, one pass.
             grad_energy = torch._softmax_backward_data(line_affinities(grad, v), attention, -1, attention.dtype)
