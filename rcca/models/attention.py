@@ -68,15 +68,22 @@ def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base
 
     With `out` (contiguous, O x I x L x K) the products are written into it, each batch by one
     matrix kernel call, and start from `base`'s lines (O x I x L x K) when given; the result must be
-    contiguous for the kernels to write it without a copy. Without `out`, one out-of-place product
-    of the lines copied into one batch (what tracing, for any batch size, and autograd can record).
+    contiguous for the kernels to write it without a copy. On a GPU and under `torch.compile`, the
+    lines are copied into one batch instead (one kernel launch; no graph per batch size). Without
+    `out`, one out-of-place product of the lines copied into one batch (what tracing, for any batch
+    size, and autograd can record).
     """
     if out is None:  # one product of copied lines: the traced graph holds for any batch size
         product = torch.bmm(first.reshape(-1, *first.shape[2:]), second.reshape(-1, *second.shape[2:]))
         return product.view(*first.shape[:3], -1)
-    pairs = zip(_batches(first), _batches(second), strict=True)
-    bases = _batches(base) if base is not None else [None] * len(_batches(out))
-    for (a, b), result, start in zip(pairs, _batches(out), bases, strict=True):
+    if out.device.type == "cpu" and not torch.compiler.is_compiling():
+        batches = [_batches(first), _batches(second), _batches(out), _batches(base) if base is not None else None]
+    else:  # one kernel of copied lines: a GPU launches no per-frame kernels, a compiled graph holds for any batch size
+        batches = [
+            [lines.reshape(-1, *lines.shape[2:])] if lines is not None else None for lines in (first, second, out, base)
+        ]
+    firsts, seconds, results, bases = batches
+    for a, b, result, start in zip(firsts, seconds, results, bases or [None] * len(results), strict=True):
         if start is None:
             torch.bmm(a, b, out=result)
         else:
