@@ -42,7 +42,8 @@ def _lines(x: Tensor, axis: int) -> Tensor:
 
     L is the size of `axis`, O the product of the axes before it and I of those after it (up to
     W), so the lines of one index o of the outer axes are I matrices L x K a constant stride apart.
-    `x`'s positions must be rows of one matrix with unit channel stride (`_position_rows`).
+    A view when `x`'s positions are rows of one matrix with unit channel stride (`_position_rows`),
+    else a copy (fine for what is only read).
     """
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 : 4])
     return x.reshape(-1, x.shape[-1]).view(outer, x.shape[axis], inner, x.shape[-1]).transpose(1, 2)
@@ -63,6 +64,11 @@ def _batches(lines: Tensor) -> list[Tensor]:
     return [lines.flatten(0, 1)] if lines.shape[1] == 1 else list(lines.unbind(0))
 
 
+def _one_batch(lines: Tensor) -> list[Tensor]:
+    """The O x I x L x K `lines` as one batch of matrices O*I x L x K: a copy unless they are contiguous."""
+    return [lines.reshape(-1, *lines.shape[2:])]
+
+
 def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base: Tensor | None = None) -> Tensor:
     """first @ second for every line: O x I x L x M and O x I x M x K line views -> O x I x L x K, contiguous.
 
@@ -74,16 +80,12 @@ def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base
     size, and autograd can record).
     """
     if out is None:  # one product of copied lines: the traced graph holds for any batch size
-        product = torch.bmm(first.reshape(-1, *first.shape[2:]), second.reshape(-1, *second.shape[2:]))
-        return product.view(*first.shape[:3], -1)
-    if out.device.type == "cpu" and not torch.compiler.is_compiling():
-        batches = [_batches(first), _batches(second), _batches(out), _batches(base) if base is not None else None]
-    else:  # one kernel of copied lines: a GPU launches no per-frame kernels, a compiled graph holds for any batch size
-        batches = [
-            [lines.reshape(-1, *lines.shape[2:])] if lines is not None else None for lines in (first, second, out, base)
-        ]
-    firsts, seconds, results, bases = batches
-    for a, b, result, start in zip(firsts, seconds, results, bases or [None] * len(results), strict=True):
+        return torch.bmm(_one_batch(first)[0], _one_batch(second)[0]).view(*first.shape[:3], -1)
+    # Per-batch views on the CPU; one batch of copied lines on a GPU (one kernel launch) and when
+    # compiling (a graph that holds for any batch size).
+    split = _batches if out.device.type == "cpu" and not torch.compiler.is_compiling() else _one_batch
+    bases = split(base) if base is not None else [None] * len(split(out))
+    for a, b, result, start in zip(split(first), split(second), split(out), bases, strict=True):
         if start is None:
             torch.bmm(a, b, out=result)
         else:
