@@ -287,6 +287,19 @@ def test_torch_compile_gives_the_eager_output_and_gradients(device: str, backend
         assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-5)
 
 
+def test_a_compiled_rcca_serves_new_batch_sizes_without_compiling_again() -> None:
+    """After the first change of batch size, which makes the batch dimension dynamic, a compiled
+    RCCA-3D compiles no new graph for further sizes (a per-frame loop would fix N in the graph)."""
+    torch._dynamo.reset()
+    module = torch.compile(RCCA3D(8, recurrence=1).eval(), backend="eager")
+    frames = []
+    with torch.no_grad():
+        for n in (2, 3, 4, 5):
+            module(torch.randn(n, 8, 3, 4, 5))
+            frames.append(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+    assert frames[2] == frames[1] == frames[3], frames
+
+
 def test_rcca_structures_differ() -> None:
     """With the same weights, a, b and d give different outputs (the test above is not vacuous)."""
     x = torch.randn(1, 8, 2, 3, 4, dtype=torch.float64)
