@@ -78,7 +78,7 @@ from rcca.data.synthetic import write_video
 from rcca.data.transforms import build_train_transform
 from rcca.engine.optim import build_optimizer
 from rcca.engine.trainer import AMP_DTYPES, Trainer, autocast_dtype
-from rcca.models.attention import RCCA3D
+from rcca.models.attention import RCCA3D, channels_last_map
 from rcca.models.build import build_model, to_channels_last
 from rcca.models.complexity import count_parameters, saved_tensor_bytes
 from rcca.models.nonlocal_block import NonLocal3D
@@ -181,7 +181,7 @@ class Projections(nn.Module):
         self.recurrence = module.recurrence
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        x_last = x.movedim(1, -1).contiguous()
+        x_last = channels_last_map(x)
         projections = self.cca.projections()
         return tuple(nn.functional.linear(x_last, *weights) for _ in range(self.recurrence) for weights in projections)
 

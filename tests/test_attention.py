@@ -13,7 +13,13 @@ from torch import Tensor, nn
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig
 from rcca.engine.checkpoints import read_checkpoint
 from rcca.engine.optim import build_optimizer
-from rcca.models.attention import RCCA3D, CrissCrossAttention3D, CrissCrossFunction, criss_cross_attention
+from rcca.models.attention import (
+    RCCA3D,
+    CrissCrossAttention3D,
+    CrissCrossFunction,
+    criss_cross_attention,
+    moved_channels,
+)
 from rcca.models.build import build_model
 from rcca.models.complexity import saved_tensor_bytes
 from rcca.models.nonlocal_block import NonLocal3D
@@ -213,6 +219,27 @@ def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:
     assert x_last.grad is not None and torch.isfinite(x_last.grad).all()
     # The output is a tensor of its own, not a view made inside the autograd function: in-place ops work.
     CrissCrossAttention3D(8, 2)(x_last).relu_().sum().backward()
+
+
+# N x T x H x W x C shapes: one chunk of positions; 105 positions in chunks of 32 (C = 4096); one
+# position per chunk (a row of over 512 KiB); single positions.
+@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (2, 5, 7, 3, 4096), (1, 2, 1, 1, 2**17 + 3), (3, 1, 1, 1, 4)])
+def test_moving_channels_copies_exactly_and_moves_the_gradient_back(shape: tuple[int, ...]) -> None:
+    generator = torch.Generator().manual_seed(0)
+    y = torch.randn(shape, generator=generator, requires_grad=True)
+    first = moved_channels(y, last=False)
+    assert first.is_contiguous() and torch.equal(first, y.movedim(4, 1))
+    back = moved_channels(first, last=True)
+    assert back.is_contiguous() and torch.equal(back, y)
+    grad = torch.randn(first.shape, generator=generator)
+    first.backward(grad)
+    assert y.grad is not None and y.grad.is_contiguous() and torch.equal(y.grad, grad.movedim(1, 4))
+
+
+def test_moving_channels_gradcheck() -> None:
+    y = torch.randn(2, 3, 4, 2, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: moved_channels(t, last=False), (y,))
+    assert torch.autograd.gradgradcheck(lambda t: moved_channels(t, last=False), (y,))
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,9 @@ autograd-recorded calls take plain out-of-place products of copied lines instead
 backward pass is written out (`CrissCrossFunction`): it saves q, k, v and the attention
 weights only and issues the same batched products. With
 `memory_efficient=True` an RCCA-3D keeps only the input of each recurrence and
-recomputes the rest during the backward pass.
+recomputes the rest during the backward pass. The input's channels are moved last once and the
+output's back first, in chunks of positions (`moved_channels`), with backward passes that move the
+gradients' channels alike.
 """
 
 from __future__ import annotations
@@ -235,8 +237,9 @@ class CrissCrossFunction(torch.autograd.Function):
     @once_differentiable  # the backward is not itself differentiable (no second derivatives)
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         qk, v, attention = ctx.saved_tensors
-        # Contiguous once (it arrives permuted from a channels-first output): the residual's gradient is
-        # this same map, which autograd then sums in place with the others; before any rounding to v's dtype.
+        # Contiguous once (it may arrive permuted, through the view that a channels-last output is): the
+        # residual's gradient is this same map, which autograd then sums in place with the others; before
+        # any rounding to v's dtype.
         grad = grad.contiguous()
         grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)
         with torch.autocast(qk.device.type, enabled=False):
@@ -303,15 +306,63 @@ class CrissCrossAttention3D(nn.Module):
         return criss_cross_attention(qk, v, base)[0]  # inference: the same products, nothing saved
 
     def forward(self, x: Tensor) -> Tensor:
-        return from_channels_last(self.forward_channels_last(x.movedim(1, 4)), x)
+        return from_channels_last(self.forward_channels_last(channels_last_map(x)), x)
+
+
+def _moved_channels(x: Tensor, last: bool) -> Tensor:
+    """A contiguous copy of `x` with its channels moved: N x C x T x H x W -> N x T x H x W x C when
+    `last`, else back.
+
+    Moving them first reads each position's channels a row stride apart; the positions are taken
+    in chunks whose rows span about 512 KiB, so each chunk's reads stay within few memory pages
+    (e.g. 1 x 8 x 28 x 28 x 512 on a CPU: 13 chunks of 512 positions, 2 ms instead of 11 ms in
+    one copy). One copy on a GPU, when tracing and when compiling (no loop in the graph).
+    """
+    if last:
+        return x.movedim(1, 4).contiguous()
+    moved = x.movedim(4, 1)
+    if x.device.type != "cpu" or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return moved.contiguous()
+    out = torch.empty(moved.shape, dtype=x.dtype, device=x.device)
+    rows, positions = x.reshape(x.shape[0], -1, x.shape[-1]), out.view(*out.shape[:2], -1)  # N x P x C, N x C x P
+    chunk = max(1, 2**19 // (x.shape[-1] * x.element_size()))
+    for start in range(0, rows.shape[1], chunk):
+        positions[..., start : start + chunk].copy_(rows[:, start : start + chunk].transpose(1, 2))
+    return out
+
+
+class ChannelsMove(torch.autograd.Function):
+    """`_moved_channels(x, last)` for autograd; the backward moves the gradient's channels back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, last: bool) -> Tensor:
+        ctx.last = last
+        return _moved_channels(x, last)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        return moved_channels(grad, not ctx.last), None
+
+
+def moved_channels(x: Tensor, last: bool) -> Tensor:
+    """`x` with its channels moved (see `_moved_channels`), contiguous; through `ChannelsMove` when
+    autograd records the call (outside tracing), so the backward moves the gradient back alike."""
+    if torch.is_grad_enabled() and x.requires_grad and not torch.jit.is_tracing():
+        return ChannelsMove.apply(x, last)
+    return _moved_channels(x, last)
+
+
+def channels_last_map(x: Tensor) -> Tensor:
+    """N x C x T x H x W -> N x T x H x W x C, contiguous (a view when `x` is channels-last already)."""
+    y = x.movedim(1, 4)
+    return y if y.is_contiguous() else moved_channels(x, last=True)
 
 
 def from_channels_last(y: Tensor, like: Tensor) -> Tensor:
     """N x T x H x W x C -> N x C x T x H x W, in the memory format of `like` (a view when channels-last)."""
-    y = y.movedim(4, 1)
     if like.is_contiguous(memory_format=torch.channels_last_3d) and not like.is_contiguous():
-        return y.contiguous(memory_format=torch.channels_last_3d)
-    return y.contiguous()
+        return y.movedim(4, 1).contiguous(memory_format=torch.channels_last_3d)
+    return moved_channels(y, last=False)
 
 
 class RCCA3D(nn.Module):
@@ -380,7 +431,7 @@ class RCCA3D(nn.Module):
         """The channels-last input and the projections with gamma folded in, for `step`."""
         # N x T x H x W x C, contiguous once here (a view for a channels-last input): every recurrence
         # reads it and adds it, and the matrix products would otherwise each copy a permuted input.
-        x_last = x.movedim(1, 4).contiguous()
+        x_last = channels_last_map(x)
         if self.restore is None:
             return x_last, self.cca.projections(value_scale=self.gamma)
         return x_last, (*self.cca.projections(), projection(self.restore, self.gamma))
