@@ -860,6 +860,8 @@ def main(argv: list[str] | None = None) -> None:
         "--channels-last", action="store_true", help="channels-last weights, as trainer.channels_last"
     )
     args = parser.parse_args(argv)
+    # The CPU profiler (peak memory) would log each of its starts and stops on stderr.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     load_before = os.getloadavg()[0]
     print(f"machine: {cores} CPUs, load average {load_before:.2f} (other processes slow CPU timings down)")

@@ -74,6 +74,7 @@ def test_modules_reports_every_efficiency_figure() -> None:
     assert [site for site, _ in scaling[::2]] == ["8x2x2", "8x3x3", "16x3x3", "8x7x7"]
     assert all(r["time_ms"] > 0 and r["saved_mib"] > 0 for r in summary["scaling"])
     assert "target <= 1.5" in result.stdout and len(summary["load_average"]) == 2
+    assert "profiler_start" not in result.stderr  # the CPU profiler's own log lines are silenced
 
 
 def cpu_ticks(pid: int) -> int:

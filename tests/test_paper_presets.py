@@ -147,13 +147,15 @@ def test_collector_counts_the_papers_parameters_and_flops() -> None:
 
 
 # Overrides of the README's commands that point at real data: left out in smoke mode (the synthetic set).
+BENCHMARK_SMOKE = ("--batch", "1", "--size", "32", "--steps", "1", "--warmup", "0", "--threads", "1")
 REAL_DATA_KEYS = {"dataset", "dataset.root", "dataset.annotations", "imagenet.resnet50", "imagenet.mfnet"}
 
 
 def readme_smoke_commands() -> list[list[str]]:
-    """The train.py and test.py commands of the README's "Reproducing the paper" section, in order, as smoke
-    runs: train.py sweeps without their data overrides and with +debug=smoke (the UCF101 and HMDB51
-    commands of a table then coincide: kept once), test.py on outputs/smoke instead of outputs/paper."""
+    """The commands of the README's "Reproducing the paper" section, in order, as smoke runs: train.py
+    sweeps without their data overrides and with +debug=smoke (the UCF101 and HMDB51 commands of a table
+    then coincide: kept once), test.py on outputs/smoke instead of outputs/paper, the training benchmark
+    at a toy size (one step of each row at 32 x 32; its figures are tests/test_benchmark.py's)."""
     text = (REPO / "README.md").read_text()
     section = text.index("## Reproducing the paper")
     first = text[:section].count("\n") + 1
@@ -166,6 +168,8 @@ def readme_smoke_commands() -> list[list[str]]:
         if command.script == "train.py":
             args = [arg for arg in args if arg.split("=")[0] not in REAL_DATA_KEYS]
             args += [] if "+debug=smoke" in args else ["+debug=smoke"]
+        elif command.script == "scripts/benchmark.py":
+            args += [*BENCHMARK_SMOKE]
         run = [command.script, *args]
         if run not in commands:
             commands.append(run)
