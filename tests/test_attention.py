@@ -222,8 +222,11 @@ def test_channels_last_input_gives_the_same_output_in_channels_last() -> None:
 
 
 # N x T x H x W x C shapes: one chunk of positions; 105 positions in chunks of 32 (C = 4096); one
-# position per chunk (a row of over 512 KiB); single positions.
-@pytest.mark.parametrize("shape", [(2, 3, 4, 5, 6), (2, 5, 7, 3, 4096), (1, 2, 1, 1, 2**17 + 3), (3, 1, 1, 1, 4)])
+# position per chunk (a row of over 512 KiB); single positions (moving them changes no memory order);
+# an empty batch.
+@pytest.mark.parametrize(
+    "shape", [(2, 3, 4, 5, 6), (2, 5, 7, 3, 4096), (1, 2, 1, 1, 2**17 + 3), (3, 1, 1, 1, 4), (0, 2, 3, 4, 5)]
+)
 def test_moving_channels_copies_exactly_and_moves_the_gradient_back(shape: tuple[int, ...]) -> None:
     generator = torch.Generator().manual_seed(0)
     y = torch.randn(shape, generator=generator, requires_grad=True)
@@ -234,6 +237,16 @@ def test_moving_channels_copies_exactly_and_moves_the_gradient_back(shape: tuple
     grad = torch.randn(first.shape, generator=generator)
     first.backward(grad)
     assert y.grad is not None and y.grad.is_contiguous() and torch.equal(y.grad, grad.movedim(1, 4))
+    # Each result is a tensor of its own, which in-place ops may change (not a view of the input).
+    for moved in (moved_channels(y * 1, last=False), moved_channels(first.detach().requires_grad_(), last=True)):
+        moved.mul_(2).sum().backward()
+
+
+def test_an_empty_batch_passes_through_rcca() -> None:
+    x = torch.randn(0, 8, 2, 3, 3, requires_grad=True)
+    out = RCCA3D(8, recurrence=2)(x)
+    out.sum().backward()
+    assert out.shape == x.shape and x.grad is not None and x.grad.shape == x.shape
 
 
 def test_moving_channels_gradcheck() -> None:

@@ -47,12 +47,13 @@ with warnings.catch_warnings():  # importing fvcore calls torch.jit.script, whic
     from fvcore.nn.jit_handles import get_shape
 
 # Ops that fvcore has no handle for and that we deliberately leave uncounted: element-wise
-# arithmetic, normalised exponentials, masks, layout views and pooling (no multiply-accumulate chains).
+# arithmetic, normalised exponentials, masks, layout views and copies, and pooling (no multiply-accumulate
+# chains).
 NEGLIGIBLE_OPS = frozenset(
     {
         "aten::add", "aten::add_", "aten::sub", "aten::mul", "aten::mul_", "aten::div",
         "aten::softmax", "aten::eye", "aten::masked_fill", "aten::mean", "aten::new_ones",
-        "aten::movedim", "aten::masked_fill_", "aten::__or__",
+        "aten::movedim", "aten::clone", "aten::masked_fill_", "aten::__or__",
         "aten::max_pool2d", "aten::max_pool3d", "aten::avg_pool2d", "aten::avg_pool3d",
         "aten::adaptive_avg_pool3d", "aten::sigmoid", "aten::exp",
     }
