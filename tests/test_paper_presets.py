@@ -147,8 +147,9 @@ def test_collector_counts_the_papers_parameters_and_flops() -> None:
 
 
 # Overrides of the README's commands that point at real data: left out in smoke mode (the synthetic set).
-BENCHMARK_SMOKE = ("--batch", "1", "--size", "32", "--steps", "1", "--warmup", "0", "--threads", "1")
 REAL_DATA_KEYS = {"dataset", "dataset.root", "dataset.annotations", "imagenet.resnet50", "imagenet.mfnet"}
+# Arguments added to the README's training benchmark in smoke mode: one step of each row at a toy size.
+BENCHMARK_SMOKE = ("--batch", "1", "--size", "32", "--steps", "1", "--warmup", "0", "--threads", "1")
 
 
 def readme_smoke_commands() -> list[list[str]]:
