@@ -14,7 +14,6 @@ from omegaconf import DictConfig
 
 from rcca.config import check_overrides, register_configs
 from rcca.engine.cli import discard_run_folder_on_failure, evaluation_dir_override, exit_codes
-from rcca.engine.test_pipeline import test
 
 register_configs()
 
@@ -24,6 +23,8 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with exit_codes(), discard_run_folder_on_failure(run_dir):
+        from rcca.engine.test_pipeline import test  # torch and torchvision: after the command line's checks
+
         test(cfg, run_dir, list(hydra_cfg.overrides.task))
 
 

@@ -10,10 +10,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from rcca.config import check_overrides, check_quickstart_choices, register_configs
-from rcca.engine.cli import discard_run_folder_on_failure, exit_codes
-from rcca.engine.resuming import check_named_run_folder
-from rcca.engine.train_pipeline import train
+from rcca.config import check_overrides, check_quickstart_choices, check_required, register_configs
+from rcca.engine.cli import check_named_run_folder, discard_run_folder_on_failure, exit_codes
 
 register_configs()
 
@@ -23,6 +21,9 @@ def main(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with exit_codes(), discard_run_folder_on_failure(run_dir):
+        check_required(cfg)  # every key's rule, before torch and torchvision load (seconds)
+        from rcca.engine.train_pipeline import train
+
         metrics = train(cfg, run_dir, list(hydra_cfg.overrides.task))
     return metrics.get("top1", 0.0)
 

@@ -344,6 +344,14 @@ def check_quickstart_choices(argv: list[str]) -> None:
             )
 
 
+def check_required(cfg: DictConfig) -> None:
+    """Fail before any work with the key's name: mandatory values (???), then every value's rule."""
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset or experiment")
+    validate_config(cfg)
+
+
 def validate_config(cfg: DictConfig) -> None:
     """Check a composed config before any work: every key known, every value allowed by its rule.
 

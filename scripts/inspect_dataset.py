@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rcca.config import DatasetConfig, compose_config
+from rcca.config import DatasetConfig, check_required, compose_config
 from rcca.data.annotations import Annotations
 from rcca.data.build import (
     EXCLUDE_HEADER,
@@ -46,7 +46,6 @@ from rcca.data.build import (
 from rcca.data.checking import scan_videos
 from rcca.data.decoding import BACKENDS, READERS, DecodeError, read_frames, resolve_backend
 from rcca.engine.cli import exit_codes
-from rcca.engine.runtime import check_required
 from rcca.errors import UserError
 from rcca.visualization.drawing import evenly_spaced, samples_image, write_png
 

@@ -89,6 +89,34 @@ def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path):
     assert result.returncode == 2 and (named / ".hydra").is_dir()
 
 
+@pytest.mark.parametrize(
+    "command, message",
+    [
+        (["train.py", "nosuch.key=1"], "error: nosuch.key=1: unknown key"),
+        (["train.py", "module=foo"], "Available options in 'module'"),
+        (["train.py", "trainer.eval_every=0"], "error: trainer.eval_every=0: must be an integer >= 1"),
+        (["train.py", "experiment=none", "dataset=ucf101"], "error: dataset.root must be set"),
+        (["test.py", "test.num_clip=2"], "error: test.num_clip=2: unknown key"),
+    ],
+)
+def test_command_line_and_config_errors_come_before_torch_loads(tmp_path, command, message):
+    """A bad command line or config is reported before torch and torchvision load, which take seconds:
+    `python -X importtime` lists every module the process imported."""
+    script, *arguments = command
+    result = subprocess.run(
+        [sys.executable, "-X", "importtime", str(REPO / script), *arguments],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import ")}
+    assert "hydra" in imported  # the listing is there
+    assert not {"torch", "torchvision"} & imported
+    assert not list(tmp_path.glob("outputs/*/*")), "the failed run's folder was left behind"
+
+
 def test_sweep_job_folders_carry_their_overrides(tmp_path, synthetic_cache):
     sweep = tmp_path / "sweep"
     result = run_entry(

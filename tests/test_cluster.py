@@ -22,7 +22,7 @@ from rcca.engine.cli import exit_codes
 from rcca.engine.distributed import cluster_environment, first_host
 from rcca.engine.requeue import requeue_stopped_job, submitit_requeue_handler
 from rcca.engine.runtime import available_cores, usable_cores
-from rcca.engine.trainer import TrainingStopped
+from rcca.errors import TrainingStopped
 
 
 @pytest.fixture

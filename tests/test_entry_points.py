@@ -15,8 +15,7 @@ from torch.utils.data import Dataset
 from rcca.config import check_quickstart_choices, compose_config, validate_config
 from rcca.data.build import build_loader
 from rcca.engine.cli import TRACEBACK_VARIABLE, evaluation_dir_override, exit_codes
-from rcca.engine.trainer import TrainingStopped
-from rcca.errors import DataLoadingFailed, UserError
+from rcca.errors import DataLoadingFailed, TrainingStopped, UserError
 
 
 def test_user_errors_exit_2_with_one_line_and_other_errors_keep_their_traceback(capsys, monkeypatch):
@@ -143,8 +142,7 @@ def _hydra_folder(folder):
 
 def test_a_failed_run_never_removes_a_folder_another_run_holds(tmp_path):
     """Two runs in one outputs/<date>/<time> folder: the refused one must leave the other's records alone."""
-    from rcca.engine.files import LOCK_NAME, RunFolderLock
-    from rcca.engine.runtime import discard_unused_run_folder
+    from rcca.engine.files import LOCK_NAME, RunFolderLock, discard_unused_run_folder
 
     shared = _hydra_folder(tmp_path / "shared")
     hold = (

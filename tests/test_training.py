@@ -27,8 +27,8 @@ from rcca.engine.metrics import video_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler, lr_factor
 from rcca.engine.resuming import resume_checkpoint
 from rcca.engine.runtime import leave_outputs_to_rank_zero
-from rcca.engine.trainer import Trainer, TrainingDiverged, TrainingStopped, accumulation_steps, work_after_epoch
-from rcca.errors import UserError
+from rcca.engine.trainer import Trainer, TrainingDiverged, accumulation_steps, work_after_epoch
+from rcca.errors import TrainingStopped, UserError
 from rcca.models.attention import RCCA3D
 from rcca.models.build import build_model, to_channels_last
 from rcca.progress import Ahead

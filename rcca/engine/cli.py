@@ -5,6 +5,10 @@ Exit codes: 0 done; 2 a user error (bad config, file or data), printed as one li
 other failure, which keeps its traceback. `RCCA_TRACEBACK=1` prints the traceback of user errors too.
 A job of Hydra's submitit launcher stopped by submitit's pre-emption signal is requeued instead, with
 submitit's exit code, when it runs with `resume=auto` (`rcca.engine.requeue`).
+
+The entry points import this module before anything is checked, and it loads neither torch nor the
+training code: a bad command line or config is reported in about a second. What handling a failure of
+the run itself needs (its process group, requeueing) is imported where that failure is handled.
 """
 
 from __future__ import annotations
@@ -27,12 +31,8 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 
 from rcca.config import CONFIG_DIR, Config
-from rcca.engine.distributed import is_distributed
-from rcca.engine.files import TEST_FOLDER
-from rcca.engine.requeue import requeue_stopped_job
-from rcca.engine.runtime import discard_unused_run_folder
-from rcca.engine.trainer import TrainingStopped
-from rcca.errors import UserError
+from rcca.engine.files import TEST_FOLDER, RunFolderLock, discard_unused_run_folder
+from rcca.errors import TrainingStopped, UserError
 
 log = logging.getLogger("rcca")
 
@@ -55,6 +55,8 @@ def exit_codes() -> Iterator[None]:
     try:
         yield
     except TrainingStopped as stop:
+        from rcca.engine.requeue import requeue_stopped_job
+
         log.warning("%s", stop)
         requeue_stopped_job(stop)
         sys.exit(stop.exit_code)
@@ -67,6 +69,8 @@ def exit_codes() -> Iterator[None]:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except Exception:
+        from rcca.engine.distributed import is_distributed
+
         if not is_distributed():
             raise
         log.exception("this process failed; stopping it")
@@ -84,7 +88,7 @@ def one_line(error: UserError) -> str:
 @contextmanager
 def discard_run_folder_on_failure(run_dir: Path) -> Iterator[None]:
     """If the work fails before writing anything, remove the run folder Hydra or test.py made for it (see
-    `runtime.discard_unused_run_folder`); a folder the user named (`hydra.run.dir`) stays."""
+    `files.discard_unused_run_folder`); a folder the user named (`hydra.run.dir`) stays."""
     try:
         yield
     except BaseException:
@@ -93,6 +97,28 @@ def discard_run_folder_on_failure(run_dir: Path) -> Iterator[None]:
             with contextlib.suppress(OSError):
                 run_dir.parent.rmdir()  # test.py's `test/` folder, when this was its only evaluation
         raise
+
+
+def check_named_run_folder(argv: list[str]) -> None:
+    """Before Hydra writes its records (`.hydra/`, train.log) into a `hydra.run.dir` named on the command
+    line: raise the UserError the run itself would raise there (folder in use, or another run's
+    checkpoints without resume or overwrite), so that a refused run leaves that folder as it was."""
+    if {"-m", "--multirun"} & set(argv):
+        return
+    values = {
+        o.key_or_group: o.value()
+        for o in OverridesParser.create().parse_overrides(
+            [arg for arg in argv if "=" in arg and not arg.startswith("-")]
+        )
+    }
+    run_dir = values.get("hydra.run.dir")
+    if run_dir is None or not Path(run_dir).is_dir():
+        return
+    resume, overwrite = values.get("resume"), values.get("overwrite") is True
+    fresh = not resume or (resume == "auto" and not (Path(run_dir) / "last.pt").exists())
+    lock = RunFolderLock(Path(run_dir), fresh=fresh and not overwrite, overwrite=False)  # checks, removes nothing
+    lock.acquire()
+    lock.release()
 
 
 def run_dir_named_on_command_line() -> bool:

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import logging
 import os
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 from rcca.errors import UserError
@@ -26,6 +28,7 @@ LAST_CHECKPOINT = "last.pt"  # the state of the last complete update: what a res
 CHECKPOINT_NAMES = (LAST_CHECKPOINT, "best.pt")
 METRICS_NAME = "metrics.json"  # written when a run has finished
 RESULT_NAMES = (*CHECKPOINT_NAMES, METRICS_NAME)  # what `overwrite` replaces
+HYDRA_RECORDS = frozenset({".hydra", "train.log", "test.log"})  # what Hydra writes into a run folder by itself
 TEST_FOLDER = "test"  # test.py's results: <checkpoint's folder>/test/<checkpoint>-<time>-<pid>/
 # Errors that full disks and quotas raise while writing.
 _NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -145,3 +148,47 @@ class RunFolderLock:
 
     def __exit__(self, *exc_info) -> None:
         self.release()
+
+
+def holds_only_hydra_records(folder: Path, also: frozenset[str] = frozenset()) -> bool:
+    """Whether `folder` holds nothing but what Hydra wrote into it (and the names in `also`)."""
+    return folder.is_dir() and {entry.name for entry in folder.iterdir()} <= HYDRA_RECORDS | also
+
+
+def stop_log_files() -> None:
+    """Close and detach the root logger's file handlers (Hydra's `train.log`); the terminal keeps its messages."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
+
+
+def discard_unused_run_folder(run_dir: Path) -> bool:
+    """After a failure before any result was written: remove a run folder that holds only Hydra's records.
+
+    Only for folders Hydra or test.py named themselves (`outputs/<date>/<time>`, sweep job folders): the
+    caller does not call this for a folder the user named. Only rank 0 removes (decided from the launcher's
+    RANK when the failure came before the process group existed), and only a folder whose lock, if any, is
+    this process's and free: a folder another run uses or has used is never touched. Returns whether the
+    folder was removed.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        return False
+    if "torch.distributed" in sys.modules:  # a process group can exist (not before the run's work began)
+        from rcca.engine.distributed import is_main_process
+
+        if not is_main_process():
+            return False
+    if not holds_only_hydra_records(run_dir, also=frozenset({LOCK_NAME})):
+        return False
+    if (run_dir / LOCK_NAME).exists() and not held_by_this_process(run_dir):
+        return False
+    lock = RunFolderLock(run_dir, fresh=False, overwrite=False)
+    try:
+        lock.acquire()  # no other live process can be using the folder while it goes
+    except (UserError, OSError):  # in use, or not writable: left as it is
+        return False
+    stop_log_files()  # the log file is closed before its folder goes
+    shutil.rmtree(run_dir, ignore_errors=True)
+    lock.release()
+    return True

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from types import FrameType
 
 from rcca.engine.distributed import is_main_process
-from rcca.engine.trainer import TrainingStopped
+from rcca.errors import TrainingStopped
 
 log = logging.getLogger("rcca")
 

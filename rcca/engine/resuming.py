@@ -18,10 +18,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
-
 from rcca.engine.checkpoints import RunCheckpoint, read_run_checkpoint
-from rcca.engine.files import RunFolderLock
 from rcca.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -132,28 +129,6 @@ def resume_checkpoint(resume: str | None, run_dir: Path) -> RunCheckpoint | None
         )
     log.info("resuming from %s", path)
     return checkpoint
-
-
-def check_named_run_folder(argv: list[str]) -> None:
-    """Before Hydra writes its records (`.hydra/`, train.log) into a `hydra.run.dir` named on the command
-    line: raise the UserError the run itself would raise there (folder in use, or another run's
-    checkpoints without resume or overwrite), so that a refused run leaves that folder as it was."""
-    if {"-m", "--multirun"} & set(argv):
-        return
-    values = {
-        o.key_or_group: o.value()
-        for o in OverridesParser.create().parse_overrides(
-            [arg for arg in argv if "=" in arg and not arg.startswith("-")]
-        )
-    }
-    run_dir = values.get("hydra.run.dir")
-    if run_dir is None or not Path(run_dir).is_dir():
-        return
-    resume, overwrite = values.get("resume"), values.get("overwrite") is True
-    fresh = not resume or (resume == "auto" and not (Path(run_dir) / "last.pt").exists())
-    lock = RunFolderLock(Path(run_dir), fresh=fresh and not overwrite, overwrite=False)  # checks, removes nothing
-    lock.acquire()
-    lock.release()
 
 
 def continue_command(overrides: list[str], run_dir: Path, world_size: int, changes: Mapping[str, str] = {}) -> str:

@@ -18,17 +18,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 
-from rcca.config import Config, validate_config
+from rcca.config import Config, check_required
 from rcca.engine.distributed import broadcast_object, gather_lists, init_distributed, is_main_process
-from rcca.engine.files import LOCK_NAME, RunFolderLock, held_by_this_process
+from rcca.engine.files import RunFolderLock, holds_only_hydra_records, stop_log_files
 from rcca.errors import UserError
 from rcca.progress import count_of
 
 log = logging.getLogger(__name__)
-
-HYDRA_RECORDS = frozenset({".hydra", "train.log", "test.log"})  # what Hydra writes into a run folder by itself
 
 
 @dataclass(frozen=True)
@@ -52,14 +49,6 @@ class Runtime:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-
-def check_required(cfg: DictConfig) -> None:
-    """Fail before any work with the key's name: mandatory values (???), then every value's rule."""
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise UserError(f"{', '.join(missing)} must be set (e.g. {missing[0]}=...) for this dataset or experiment")
-    validate_config(cfg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -220,19 +209,6 @@ def start_run(cfg: Config, run_dir: Path) -> Runtime:
     return Runtime(device=device, rank=rank, world_size=world_size, run_dir=shared_dir, progress_bars=bars)
 
 
-def holds_only_hydra_records(folder: Path, also: frozenset[str] = frozenset()) -> bool:
-    """Whether `folder` holds nothing but what Hydra wrote into it (and the names in `also`)."""
-    return folder.is_dir() and {entry.name for entry in folder.iterdir()} <= HYDRA_RECORDS | also
-
-
-def stop_log_files() -> None:
-    """Close and detach the root logger's file handlers (Hydra's `train.log`); the terminal keeps its messages."""
-    root = logging.getLogger()
-    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
-        root.removeHandler(handler)
-        handler.close()
-
-
 def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
     """On ranks other than 0: stop writing the log file and remove the folder Hydra made for this process.
 
@@ -242,32 +218,6 @@ def leave_outputs_to_rank_zero(own_dir: Path, run_dir: Path) -> None:
     stop_log_files()
     if own_dir.resolve() != run_dir.resolve() and holds_only_hydra_records(own_dir):
         shutil.rmtree(own_dir)
-
-
-def discard_unused_run_folder(run_dir: Path) -> bool:
-    """After a failure before any result was written: remove a run folder that holds only Hydra's records.
-
-    Only for folders Hydra or test.py named themselves (`outputs/<date>/<time>`, sweep job folders): the
-    caller does not call this for a folder the user named. Only rank 0 removes (decided from the launcher's
-    RANK when the failure came before the process group existed), and only a folder whose lock, if any, is
-    this process's and free: a folder another run uses or has used is never touched. Returns whether the
-    folder was removed.
-    """
-    if os.environ.get("RANK", "0") != "0" or not is_main_process():
-        return False
-    if not holds_only_hydra_records(run_dir, also=frozenset({LOCK_NAME})):
-        return False
-    if (run_dir / LOCK_NAME).exists() and not held_by_this_process(run_dir):
-        return False
-    lock = RunFolderLock(run_dir, fresh=False, overwrite=False)
-    try:
-        lock.acquire()  # no other live process can be using the folder while it goes
-    except (UserError, OSError):  # in use, or not writable: left as it is
-        return False
-    stop_log_files()  # the log file is closed before its folder goes
-    shutil.rmtree(run_dir, ignore_errors=True)
-    lock.release()
-    return True
 
 
 def claim_run_folder(cfg: Config, run_dir: Path) -> RunFolderLock | None:

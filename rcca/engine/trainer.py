@@ -46,7 +46,7 @@ from rcca.engine.evaluation import predict_videos
 from rcca.engine.meters import TrainingMeter
 from rcca.engine.metrics import topk_correct, validation_metrics
 from rcca.engine.optim import build_optimizer, build_scheduler
-from rcca.errors import UserError
+from rcca.errors import TrainingStopped, UserError
 from rcca.progress import Ahead, count_of, track
 
 log = logging.getLogger(__name__)
@@ -61,41 +61,6 @@ CONFIGURABLE = ("initial_lr", "momentum", "weight_decay", "nesterov")
 
 class TrainingDiverged(UserError):
     """The loss became NaN or infinite."""
-
-
-class TrainingStopped(Exception):
-    """A stop signal ended training; last.pt holds the state of the last complete update.
-
-    The message says where last.pt is and the command that continues the run. The entry point
-    prints it and exits with `exit_code`: 130 after Ctrl-C (SIGINT), 143 after SIGTERM, SIGUSR1 or SIGUSR2.
-    It also carries what a cluster job needs to be requeued (`rcca.engine.requeue`): the signal, the
-    handler that the trainer had replaced for it (a job scheduler's, e.g. submitit's requeue handler),
-    and the run's `resume` setting.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        exit_code: int,
-        *,
-        signum: int | None = None,
-        previous_handler: object = None,
-        resume: str | None = None,
-    ) -> None:
-        """Keep the exit status and the signal's particulars with the message.
-
-        Args:
-            message: what happened and how to continue.
-            exit_code: the process's exit status (128 + the signal's number, as a shell reports a kill).
-            signum: the stop signal this process received; None when the stop came from another process.
-            previous_handler: what handled `signum` before training replaced it (`signal.getsignal`'s value).
-            resume: the run's `resume` setting (None, `auto` or a checkpoint path).
-        """
-        super().__init__(message)
-        self.exit_code = exit_code
-        self.signum = signum
-        self.previous_handler = previous_handler
-        self.resume = resume
 
 
 @dataclass
