@@ -54,10 +54,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -140,6 +140,9 @@ class ModuleResult:
     peak_mib: float | None
 
 
+Key = TypeVar("Key", bound=Hashable)  # what names the steps timed together
+
+
 class Step(Protocol):
     """A timed step: `clear` frees what the previous call left (its gradients), a call runs one step."""
 
@@ -206,17 +209,17 @@ def median_time(step: Step, device: torch.device, warmup: int, repeats: int) -> 
     return median_times({"step": step}, device, warmup, repeats)["step"]
 
 
-def median_times(steps: dict[str, Step], device: torch.device, warmup: int, repeats: int) -> dict[str, float]:
+def median_times(steps: dict[Key, Step], device: torch.device, warmup: int, repeats: int) -> dict[Key, float]:
     """Median wall seconds of each of `steps`, after `warmup` untimed calls of each. The steps are
-    timed in turn, one call of each per round, so that a change in the machine's load during the
-    measurement affects them alike and their ratios stay fair."""
-    for _ in range(warmup):
-        for step in steps.values():
-            timed(step, device)
-    times: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            times[name].append(timed(step, device))
+    timed in turn, one call of each per round and in reverse order every other round, so that a change
+    in the machine's load during the measurement affects them alike and none of them always goes first."""
+    order = list(steps)
+    times: dict[Key, list[float]] = {name: [] for name in steps}
+    for round_ in range(warmup + repeats):
+        for name in order if round_ % 2 == 0 else reversed(order):
+            seconds = timed(steps[name], device)
+            if round_ >= warmup:
+                times[name].append(seconds)
     return {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -269,18 +272,19 @@ def measure_modules(
     """Time (`median_times`: the modules timed in turn), saved bytes and peak memory of each module
     of `names` at one input shape. None for a full non-local block whose maps would exceed `limit`
     bytes, and for all of `names` if they run out of GPU memory together."""
-    results = {name: ModuleResult(site, name, list(shape), None, None, None) for name in names}
+    unmeasured = {name: ModuleResult(site, name, list(shape), None, None, None) for name in names}
     fits = [name for name in names if not (name == "NonLocal3D" and nonlocal_bytes(shape) > limit)]
     try:
         steps = {name: module_pass(name, shape[1], shape, device) for name in fits}
         seconds = median_times(steps, device, *timing)
+        measured = {}
         for name, step in steps.items():
             saved = saved_tensor_bytes(lambda step=step: step.module(step.x))
             peak = peak_memory(step, device)
-            results[name] = ModuleResult(site, name, list(shape), seconds[name] * 1e3, saved / MIB, peak / MIB)
+            measured[name] = ModuleResult(site, name, list(shape), seconds[name] * 1e3, saved / MIB, peak / MIB)
     except torch.cuda.OutOfMemoryError:
-        return [ModuleResult(site, name, list(shape), None, None, None) for name in names]
-    return list(results.values())
+        return list(unmeasured.values())
+    return list({**unmeasured, **measured}.values())
 
 
 @contextlib.contextmanager
@@ -405,28 +409,40 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
     }
 
 
+@dataclass
+class WhileBusy:
+    """`step` timed with the other busy processes running or paused (`busy_processes`): they are set so
+    when the step is cleared, before its timed call."""
+
+    step: Step
+    running: bool
+    set_running: Callable[[bool], None]
+
+    def clear(self) -> None:
+        self.set_running(self.running)
+        self.step.clear()
+
+    def __call__(self) -> None:
+        self.step()
+
+
 def busy_times(
     compared: list[ModuleResult], device: torch.device, count: int, timing: tuple[int, int]
 ) -> dict[tuple[str, str], tuple[float, float]]:
     """(site, module) -> median seconds of its pass with `count` other busy processes paused, then
-    running. Each round times every pass with the processes paused and every pass with them running
-    (which first alternates), so both medians come from the same minutes of the machine's own load."""
+    running. Every round times every pass with the processes paused and every pass with them running
+    (`median_times`), so both medians come from the same minutes of the machine's own load."""
     steps = {
         (r.site, r.module): module_pass(r.module, r.input_shape[1], tuple(r.input_shape), device) for r in compared
     }
-    quiet: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    loaded: dict[tuple[str, str], list[float]] = {key: [] for key in steps}
-    warmup, repeats = timing
     with busy_processes(count) as set_running:
-        for round_ in range(warmup + repeats):
-            phases = ((False, quiet), (True, loaded))
-            for running, times in phases if round_ % 2 == 0 else reversed(phases):  # either side first, in turn
-                set_running(running)
-                for key, step in steps.items():
-                    seconds = timed(step, device)
-                    if round_ >= warmup:
-                        times[key].append(seconds)
-    return {key: (statistics.median(quiet[key]), statistics.median(loaded[key])) for key in steps}
+        phases = {
+            (key, running): WhileBusy(step, running, set_running)
+            for running in (False, True)
+            for key, step in steps.items()
+        }
+        seconds = median_times(phases, device, *timing)
+    return {key: (seconds[key, False], seconds[key, True]) for key in steps}
 
 
 def module_ratios(results: list[ModuleResult], busy: dict[str, dict[str, float]]) -> dict[str, float]:
