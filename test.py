@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 from rcca.config import check_overrides, register_configs
 from rcca.engine.cli import discard_run_folder_on_failure, evaluation_dir_override, exit_codes
+from rcca.engine.files import checkpoint_file
 
 register_configs()
 
@@ -23,7 +24,8 @@ def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     with exit_codes(), discard_run_folder_on_failure(run_dir):
-        from rcca.engine.test_pipeline import test  # torch and torchvision: after the command line's checks
+        checkpoint_file(cfg.ckpt, "ckpt")  # named and there, before torch and torchvision load (seconds)
+        from rcca.engine.test_pipeline import test
 
         test(cfg, run_dir, list(hydra_cfg.overrides.task))
 

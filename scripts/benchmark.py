@@ -3,7 +3,8 @@
 modules  The efficiency figures of RCCA-3D (structure a, R=3, C_d=1/4), from one run. At the paper's
          TSM-ResNet-50 sites for 8-frame clips at 224, conv3_3 (C=512, 28x28) and conv4_5 (C=1024,
          14x14), float32, forward + backward, median of --repeats after --warmup (the modules of a
-         site timed in turn, one pass of each per round): the time, the bytes
+         site timed in turn, one pass of each per round, in reverse order every other round): the
+         time, the bytes
          autograd saves for backward (distinct storages) and the peak memory of RCCA-3D, of RCCA-3D
          with memory_efficient=true, of its own q, k, v 1x1x1 convolutions applied R times (its
          floor), and of the non-local block with and without 1x2x2 subsampling. Peak: on CUDA

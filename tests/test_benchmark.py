@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -100,3 +101,53 @@ def test_busy_processes_spin_only_while_running_and_are_gone_after() -> None:
         time.sleep(0.5)
         assert all(cpu_ticks(pid) > ticks for pid, ticks in zip(pids, before, strict=True))
     assert not any(Path(f"/proc/{pid}").exists() for pid in pids)
+
+
+class RecordingStep:
+    """A step that records its calls (with the busy processes' state when `state` is given) and sleeps
+    `busy_seconds` when that state is running."""
+
+    def __init__(self, name: str, calls: list, state: dict | None = None, busy_seconds: float = 0.0) -> None:
+        self.name, self.calls, self.state, self.busy_seconds = name, calls, state, busy_seconds
+
+    def clear(self) -> None:
+        pass
+
+    def __call__(self) -> None:
+        running = None if self.state is None else self.state["running"]
+        self.calls.append(self.name if running is None else (self.name, running))
+        if running:
+            time.sleep(self.busy_seconds)
+
+
+def test_median_times_runs_each_step_once_a_round_in_reverse_every_other_round() -> None:
+    benchmark = load_script("benchmark")
+    calls: list = []
+    steps = {name: RecordingStep(name, calls) for name in "abc"}
+    seconds = benchmark.median_times(steps, benchmark.torch.device("cpu"), 1, 2)
+    assert calls == [*"abc", *"cba", *"abc"]  # one warm-up round, then two timed ones
+    assert list(seconds) == list("abc") and all(value >= 0 for value in seconds.values())
+
+
+def test_busy_times_times_each_pass_with_the_processes_paused_and_running(monkeypatch) -> None:
+    """Each pass runs with the busy processes in the state its figure says, and the figures come back
+    as (paused, running): here a pass is 20 ms slower while they run."""
+    benchmark = load_script("benchmark")
+    calls: list = []
+    state = {"running": None}
+
+    @contextlib.contextmanager
+    def fake_busy_processes(count: int):
+        assert count == 2
+        yield lambda running: state.update(running=running)
+
+    monkeypatch.setattr(benchmark, "busy_processes", fake_busy_processes)
+    monkeypatch.setattr(benchmark, "module_pass", lambda name, *_: RecordingStep(name, calls, state, busy_seconds=0.02))
+    compared = [benchmark.ModuleResult("conv3_3", name, [1, 8, 2, 4, 4], None, None, None) for name in ("m1", "m2")]
+    times = benchmark.busy_times(compared, benchmark.torch.device("cpu"), 2, (0, 3))
+    assert set(times) == {("conv3_3", "m1"), ("conv3_3", "m2")}
+    for paused, running in times.values():
+        assert running > paused + 0.015
+    # every pass ran once per round in each state, paused ones first in the first round
+    assert sorted(calls) == sorted(3 * [("m1", False), ("m2", False), ("m1", True), ("m2", True)])
+    assert calls[:4] == [("m1", False), ("m2", False), ("m1", True), ("m2", True)]

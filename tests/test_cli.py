@@ -97,6 +97,8 @@ def test_a_run_that_fails_before_training_leaves_no_folder(tmp_path):
         (["train.py", "trainer.eval_every=0"], "error: trainer.eval_every=0: must be an integer >= 1"),
         (["train.py", "experiment=none", "dataset=ucf101"], "error: dataset.root must be set"),
         (["test.py", "test.num_clip=2"], "error: test.num_clip=2: unknown key"),
+        (["test.py"], "error: ckpt is not set"),
+        (["test.py", "ckpt=nosuch.pt"], "error: ckpt=nosuch.pt: file not found"),
     ],
 )
 def test_command_line_and_config_errors_come_before_torch_loads(tmp_path, command, message):
@@ -110,7 +112,8 @@ def test_command_line_and_config_errors_come_before_torch_loads(tmp_path, comman
         text=True,
         timeout=120,
     )
-    assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+    assert result.returncode == (2 if message.startswith("error: ") else 1), result.stderr[-2000:]
+    assert message in result.stderr, result.stderr[-2000:]
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines() if line.startswith("import ")}
     assert "hydra" in imported  # the listing is there
     assert not {"torch", "torchvision"} & imported

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from rcca.engine.files import write_atomically
+from rcca.engine.files import checkpoint_file, write_atomically
 from rcca.errors import UserError
 
 # Data-only NumPy types (arrays, dtypes, scalars): enough for NumPy RNG states and numeric fields, under
@@ -59,22 +59,19 @@ NUMPY_DATA_GLOBALS = [
 _UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
 
 
-def read_checkpoint(path: str | Path, key: str) -> dict:
+def read_checkpoint(path: str | Path | None, key: str) -> dict:
     """Read a checkpoint file onto the CPU without executing anything it contains.
 
     Args:
-        path: the file.
+        path: the file (None or empty: the key is not set, an error).
         key: the config key that named it (`resume`, `init_from`, `ckpt`), used in errors.
 
     Returns the checkpoint's top-level dict. Raises UserError with one line naming `key`, the
     path and what to do for a folder, a missing file, a file that is not a complete PyTorch
-    checkpoint (text, truncated), one whose unpickling would need code, or one that is not a dict.
+    checkpoint (text, truncated), one whose unpickling would need code, or one that is not a dict
+    (`checkpoint_file` checks the path).
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{key}={path} is a folder; name a checkpoint file, e.g. {key}={path / 'best.pt'}")
-    if not path.is_file():
-        raise UserError(f"{key}={path}: file not found")
+    path = checkpoint_file(path, key)
     try:
         with torch.serialization.safe_globals(NUMPY_DATA_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -236,11 +233,11 @@ class RunCheckpoint:
         save_checkpoint(self.to_dict(), path)
 
 
-def read_run_checkpoint(path: str | Path, key: str) -> RunCheckpoint:
+def read_run_checkpoint(path: str | Path | None, key: str) -> RunCheckpoint:
     """Read a checkpoint written by rcca's trainer, without executing anything it contains.
 
     Args:
-        path: the file.
+        path: the file (None or empty: the key is not set, an error).
         key: the config key that named it (`resume`, `ckpt`), used in errors.
 
     Returns:

@@ -7,7 +7,7 @@ A job of Hydra's submitit launcher stopped by submitit's pre-emption signal is r
 submitit's exit code, when it runs with `resume=auto` (`rcca.engine.requeue`).
 
 The entry points import this module before anything is checked, and it loads neither torch nor the
-training code: a bad command line or config is reported in about a second. What handling a failure of
+training code: a bad command line or config is reported in well under a second. What handling a failure of
 the run itself needs (its process group, requeueing) is imported where that failure is handled.
 """
 
@@ -69,6 +69,8 @@ def exit_codes() -> Iterator[None]:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except Exception:
+        if "torch.distributed" not in sys.modules:  # no process group can exist yet: nothing to stop in step
+            raise
         from rcca.engine.distributed import is_distributed
 
         if not is_distributed():

@@ -8,6 +8,10 @@ full disk or a quota therefore never leaves a partial file, and never touches th
 lock (`fcntl.lockf`) on `<run folder>/.rcca.lock`. Such a lock belongs to its process alone (the
 DataLoader workers forked from it do not hold it) and the kernel drops it when that process dies,
 so a lock left by a killed run is never in the way, even while its orphaned workers wind down.
+
+A run that fails before writing anything leaves no folder behind: `discard_unused_run_folder` removes
+one that holds only Hydra's own records (`HYDRA_RECORDS`) and no other run's lock. Nothing here imports
+torch: the entry points clean up after a config error before the model libraries load.
 """
 
 from __future__ import annotations
@@ -67,6 +71,19 @@ def _no_space(path: Path, needed: int, free: int) -> UserError:
         f"no space to write {path.name} in {path.parent}: it needs {needed:,} bytes and {free:,} are free; "
         f"free some space there, then resume (the previous {path.name}, if any, is intact)"
     )
+
+
+def checkpoint_file(path: str | Path | None, key: str) -> Path:
+    """The checkpoint file that the config key `key` names. Raises UserError with one line naming the key
+    when it names nothing, a folder (with the file to name instead) or nothing that exists."""
+    if not path:
+        raise UserError(f"{key} is not set: name a checkpoint file, e.g. {key}=outputs/<date>/<time>/best.pt")
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{key}={path} is a folder; name a checkpoint file, e.g. {key}={path / 'best.pt'}")
+    if not path.is_file():
+        raise UserError(f"{key}={path}: file not found")
+    return path
 
 
 def lock_holder_line() -> str:

@@ -32,8 +32,6 @@ log = logging.getLogger("rcca")
 
 def test(cfg: DictConfig, run_dir: Path, overrides: list[str]) -> dict:
     """Evaluate `cfg.ckpt` on its dataset's test split; writes metrics.json and predictions.csv into `run_dir`."""
-    if not cfg.ckpt:
-        raise UserError("ckpt is not set: python test.py ckpt=outputs/<date>/<time>/best.pt")
     checkpoint = read_run_checkpoint(cfg.ckpt, "ckpt")
     run_cfg = checkpoint_config(cfg, checkpoint.config, overrides)
     runtime = start_run(run_cfg, run_dir)
