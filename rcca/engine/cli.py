@@ -31,7 +31,7 @@ from hydra.errors import OverrideParseException
 from hydra.types import RunMode
 
 from rcca.config import CONFIG_DIR, Config
-from rcca.engine.files import TEST_FOLDER, RunFolderLock, discard_unused_run_folder
+from rcca.engine.files import TEST_FOLDER, RunFolderLock, discard_unused_run_folder, process_group_possible
 from rcca.errors import TrainingStopped, UserError
 
 log = logging.getLogger("rcca")
@@ -69,7 +69,7 @@ def exit_codes() -> Iterator[None]:
         print(f"error: {one_line(error)}", file=sys.stderr)
         sys.exit(USER_ERROR_EXIT)
     except Exception:
-        if "torch.distributed" not in sys.modules:  # no process group can exist yet: nothing to stop in step
+        if not process_group_possible():  # no other process to stop in step
             raise
         from rcca.engine.distributed import is_distributed
 

@@ -167,6 +167,12 @@ class RunFolderLock:
         self.release()
 
 
+def process_group_possible() -> bool:
+    """Whether this process may be in a torch.distributed process group: only once torch.distributed has
+    been imported, which the run's work does and a config error comes before. Asked without importing torch."""
+    return "torch.distributed" in sys.modules
+
+
 def holds_only_hydra_records(folder: Path, also: frozenset[str] = frozenset()) -> bool:
     """Whether `folder` holds nothing but what Hydra wrote into it (and the names in `also`)."""
     return folder.is_dir() and {entry.name for entry in folder.iterdir()} <= HYDRA_RECORDS | also
@@ -191,7 +197,7 @@ def discard_unused_run_folder(run_dir: Path) -> bool:
     """
     if os.environ.get("RANK", "0") != "0":
         return False
-    if "torch.distributed" in sys.modules:  # a process group can exist (not before the run's work began)
+    if process_group_possible():
         from rcca.engine.distributed import is_main_process
 
         if not is_main_process():
