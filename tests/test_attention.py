@@ -16,7 +16,7 @@ from rcca.engine.optim import build_optimizer
 from rcca.models.attention import (
     RCCA3D,
     CrissCrossAttention3D,
-    CrissCrossFunction,
+    ProjectedCrissCrossFunction,
     criss_cross_attention,
     moved_channels,
 )
@@ -162,18 +162,54 @@ def test_rcca_gradients_match_brute_force(structure: str, memory_efficient: bool
         assert torch.allclose(ours, reference, rtol=1e-9, atol=1e-11)
 
 
+def projected_inputs(n: int, t: int, h: int, w: int, dtype: torch.dtype = torch.float64) -> dict[str, Tensor]:
+    """Random inputs of `ProjectedCrissCrossFunction` (C = 3 channels, C' = 2), all requiring gradients."""
+    channels, inner = 3, 2
+    shapes = {
+        "y": (n, t, h, w, channels),
+        "base": (n, t, h, w, channels),
+        "query_key_weight": (2 * inner, channels),
+        "query_key_bias": (2 * inner,),
+        "value_weight": (channels, channels),
+        "value_bias": (channels,),
+    }
+    return {name: torch.randn(shape, dtype=dtype, requires_grad=True) for name, shape in shapes.items()}
+
+
+def projected_reference(inputs: dict[str, Tensor], base: Tensor | None) -> Tensor:
+    """The same recurrence through autograd: the projections, then the differentiable inference path."""
+    qk = nn.functional.linear(inputs["y"], inputs["query_key_weight"], inputs["query_key_bias"])
+    v = nn.functional.linear(inputs["y"], inputs["value_weight"], inputs["value_bias"])
+    return criss_cross_attention(qk, v, base)[0]
+
+
+PROJECTED_BASES = ["none", "separate", "input"]  # no residual, a separate map, the input itself
+
+
+def projected_call(inputs: dict[str, Tensor], base: str) -> tuple[Callable[..., Tensor], tuple[Tensor, ...]]:
+    """The Function as a callable of the tensors that get gradients, for the `base` variant."""
+    weights = [inputs[name] for name in ("query_key_weight", "query_key_bias", "value_weight", "value_bias")]
+    if base == "separate":
+        return lambda y, b, *p: ProjectedCrissCrossFunction.apply(y, b, False, *p), (
+            inputs["y"],
+            inputs["base"],
+            *weights,
+        )
+    return lambda y, *p: ProjectedCrissCrossFunction.apply(y, None, base == "input", *p), (inputs["y"], *weights)
+
+
+@pytest.mark.parametrize("base", PROJECTED_BASES)
 @pytest.mark.parametrize("n, t, h, w", [(1, 3, 4, 5), (2, 2, 3, 2), (1, 1, 1, 3), (2, 4, 1, 1)])
-def test_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int) -> None:
-    """Numerical Jacobians (float64) of CCA-3D (+ a base map) w.r.t. q, k, v and the base, sizes of 1 included."""
+def test_projected_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int, base: str) -> None:
+    """Numerical Jacobians (float64) of one recurrence's written-out backward w.r.t. the input, the base and
+    the projections' weights and biases, sizes of 1 included; its forward equals the autograd path's."""
     torch.manual_seed(n + t + h + w)
-    inner, value = 2, 3
-    qk = torch.randn(n, t, h, w, 2 * inner, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(n, t, h, w, value, dtype=torch.float64, requires_grad=True)
-    base = torch.randn(n, t, h, w, value, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradcheck(CrissCrossFunction.apply, (qk, v, None))
-    assert torch.autograd.gradcheck(CrissCrossFunction.apply, (qk, v, base))
+    inputs = projected_inputs(n, t, h, w)
+    function, arguments = projected_call(inputs, base)
+    assert torch.autograd.gradcheck(function, arguments)
+    residual = {"none": None, "separate": inputs["base"], "input": inputs["y"]}[base]
     with torch.no_grad():
-        assert torch.allclose(CrissCrossFunction.apply(qk, v, base), criss_cross_attention(qk, v)[0] + base, atol=1e-14)
+        assert torch.allclose(function(*arguments), projected_reference(inputs, residual), atol=1e-14)
 
 
 @pytest.mark.parametrize("memory_efficient", [False, True])
@@ -283,28 +319,41 @@ def test_autocast_keeps_the_softmax_in_float32(device: str, dtype: torch.dtype) 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_the_residual_gets_the_upstream_gradient_in_its_own_precision(device: str) -> None:
     """Under bf16 autocast the products run in bf16, but a float32 residual's gradient is the float32
-    upstream gradient itself, unrounded (as for the plain sum context + residual)."""
+    upstream gradient itself, unrounded (as for the plain sum context + residual); when the residual is
+    the input, its gradient is that upstream gradient plus the products' (as autograd's, to bf16 rounding)."""
     torch.manual_seed(0)
-    qk, v = (torch.randn(1, 3, 4, 5, c, device=device, dtype=torch.bfloat16, requires_grad=True) for c in (4, 8))
-    base = torch.randn(1, 3, 4, 5, 8, device=device, requires_grad=True)
-    out = CrissCrossFunction.apply(qk, v, base)
-    upstream = torch.randn_like(out) / 3  # thirds: not representable in bf16
-    out.backward(upstream)
-    assert out.dtype == torch.float32 and torch.equal(base.grad, upstream)
+    inputs = {
+        name: tensor.detach().to(device).requires_grad_()
+        for name, tensor in projected_inputs(1, 3, 4, 5, torch.float32).items()
+    }
+    for base in ("separate", "input"):
+        function, arguments = projected_call(inputs, base)
+        with torch.autocast(device, dtype=torch.bfloat16):
+            out = function(*arguments)
+            reference = projected_reference(inputs, inputs["y"] if base == "input" else inputs["base"])
+        upstream = torch.randn_like(out) / 3  # thirds: not representable in bf16
+        grads = torch.autograd.grad(out, arguments, upstream)
+        expected = torch.autograd.grad(reference, arguments, upstream)
+        assert out.dtype == torch.float32 and torch.allclose(out, reference, rtol=0.02, atol=0.02)
+        if base == "separate":
+            assert torch.equal(grads[1], upstream)
+        for ours, autograd in zip(grads, expected, strict=True):
+            assert ours.dtype == autograd.dtype
+            assert torch.allclose(ours, autograd, rtol=0.03, atol=0.03 * autograd.abs().max().item())
 
 
 def test_the_inference_path_stays_differentiable() -> None:
     """`criss_cross_attention` and a CCA-3D whose weights are frozen still give autograd a graph
-    (the in-place accumulation is for maps that need no gradient)."""
+    (the in-place accumulation is for maps that need no gradient), with the written-out backward's gradients."""
     torch.manual_seed(0)
-    qk = torch.randn(1, 3, 4, 5, 4, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64, requires_grad=True)
-    base = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64, requires_grad=True)
-    out = criss_cross_attention(qk, v, base)[0]
-    grads = torch.autograd.grad(out.pow(2).sum(), (qk, v, base))
-    expected = torch.autograd.grad(CrissCrossFunction.apply(qk, v, base).pow(2).sum(), (qk, v, base))
+    inputs = projected_inputs(1, 3, 4, 5)
+    out = projected_reference(inputs, inputs["base"])
+    function, arguments = projected_call(inputs, "separate")
+    grads = torch.autograd.grad(out.pow(2).sum(), arguments)
+    expected = torch.autograd.grad(function(*arguments).pow(2).sum(), arguments)
     for ours, reference in zip(grads, expected, strict=True):
         assert torch.allclose(ours, reference, atol=1e-12)
+    base = inputs["base"].detach().requires_grad_()
     frozen = CrissCrossAttention3D(3, 2).double().requires_grad_(False)
     y = torch.randn(1, 3, 4, 5, 3, dtype=torch.float64)
     frozen.forward_channels_last(y, base=base).sum().backward()

@@ -12,13 +12,14 @@ input with their stacked 1x1x1 weights, the value map from another. Along every 
 lines are small matrices of that layout, read where they lie: the W lines are one batch,
 the T lines one batch per clip and the H lines one per frame (`_batches`), so each affinity
 or aggregation over one axis is one batched matrix product per batch and no line is copied
-(`line_affinities`, `line_aggregate`). The W products write the new map itself, starting
-from the residual (structures a and b); the T and H products, whose lines are not
-contiguous in it, go to a scratch map and are added (the matrix kernels write only
-contiguous results without falling back to one matrix at a time). Traced and
-autograd-recorded calls take plain out-of-place products of copied lines instead. The
-backward pass is written out (`CrissCrossFunction`): it saves q, k, v and the attention
-weights only and issues the same batched products. With
+(`line_affinities`, `line_aggregate`). The W products write the new map itself (or accumulate
+into it, after one pass has summed the residual and the T products); the T and H products,
+whose lines are not contiguous in it, go to a scratch map and are added. Traced and
+autograd-recorded calls take plain out-of-place products of copied lines instead. Each
+recurrence, its projections included, is one autograd Function with a written-out backward pass
+(`ProjectedCrissCrossFunction`): it saves the input, q, k, v and the attention weights only, issues
+the same batched products, and accumulates the input's gradient from its three products (and the
+upstream gradient, when the input is also the residual) in one buffer. With
 `memory_efficient=True` an RCCA-3D keeps only the input of each recurrence and
 recomputes the rest during the backward pass. The input's channels are moved last once and the
 output's back first, in chunks of positions (`moved_channels`), with backward passes that move the
@@ -142,8 +143,10 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
                      + sum_h' weights[n,t,h,w,T+h'] values[n,t,h',w] + sum_w' weights[n,t,h,w,T+H+w'] values[n,t,h,w'].
     With `transpose`, each line's weight matrix is transposed (the adjoint map, used by the
     backward pass): out[n,t',h,w] gets weights[n,t,h,w,t'] values[n,t,h,w], and so on.
-    The W lines' products write the new map, starting from `base` (e.g. a residual), which so costs
-    no pass of its own; the T and H products go to one scratch map in turn and are added. Plain
+    The W lines' products write the new map (whose lines they are) or, with `base` (e.g. a residual),
+    accumulate into it after one pass has summed base and the T products; the T and H products go to one
+    scratch map in turn and are added (the matrix kernels write only contiguous results without
+    falling back to one matrix at a time). Plain
     out-of-place products and sums instead (`base` added by a pass of its own) when tracing
     (TorchScript, ONNX export), when autograd records the call, and when `base` is wider than
     `values` (mixed precision: the sum in the wider type).
@@ -152,25 +155,44 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
     inputs = (weights, values) if base is None else (weights, values, base)
     in_place = _writes_in_place(*inputs) and (base is None or base.dtype == values.dtype)
     values = _position_rows(values)
-    out = values.new_empty(*shape, values.shape[-1]) if in_place else None
-    scratch = torch.empty_like(out) if in_place else None  # the T, then the H products, before they are added
-    summed = base  # the out-of-place sum, from the residual (the wider type under mixed precision)
-    for axis, start, size in reversed(line_columns(shape)):  # W first: its lines are views of the new map
+    columns = {axis: (start, size) for axis, start, size in line_columns(shape)}
+
+    def line_operands(axis: int) -> tuple[Tensor, Tensor]:
+        start, size = columns[axis]
         line_weights, line_values = _lines(weights[..., start : start + size], axis), _lines(values, axis)
-        line_weights = line_weights.transpose(-2, -1) if transpose else line_weights  # O x I x L x L
-        if out is None:
-            product = _unlines(_line_product(line_weights, line_values), shape)
+        return (
+            line_weights.transpose(-2, -1) if transpose else line_weights
+        ), line_values  # O x I x L x L, O x I x L x K
+
+    if not in_place:
+        summed = base  # from the residual (the wider type under mixed precision)
+        for axis in columns:
+            product = _unlines(_line_product(*line_operands(axis)), shape)
             summed = product if summed is None else summed + product
-        elif axis == 3:
-            _line_product(
-                line_weights,
-                line_values,
-                _lines(out, axis),
-                None if base is None else _lines(_position_rows(base), axis),
-            )
-        else:
-            out.add_(_unlines(_line_product(line_weights, line_values, scratch.view(line_values.shape)), shape))
-    return summed if out is None else out
+        return summed
+    out = values.new_empty(*shape, values.shape[-1])
+    scratch = torch.empty_like(out)  # the T, then the H products, each in its lines' order
+
+    def scratch_products(axis: int) -> Tensor:
+        operands = line_operands(axis)
+        return _unlines(_line_product(*operands, scratch.view(operands[1].shape)), shape)
+
+    out_lines = _lines(out, 3)
+    if base is None:  # the W products write the new map, the T products are added
+        _line_product(*line_operands(3), out_lines)
+        out.add_(scratch_products(1))
+    else:  # base + the T products make the new map in one pass, the W products accumulate into it
+        torch.add(base, scratch_products(1), out=out)
+        _line_product(*line_operands(3), out_lines, out_lines)
+    return out.add_(scratch_products(2))
+    # base + the T products make the new map in one pass, the H products are added, the W products accumulate in place
+    operands = line_operands(1)
+    torch.add(base, _unlines(_line_product(*operands, scratch.view(operands[1].shape)), shape), out=out)
+    operands = line_operands(2)
+    out.add_(_unlines(_line_product(*operands, scratch.view(operands[1].shape)), shape))
+    out_lines = _lines(out, 3)
+    _line_product(*line_operands(3), out_lines, out_lines)
+    return out
 
 
 def self_position_mask(t: int, h: int, w: int, device: torch.device) -> Tensor:
@@ -211,46 +233,101 @@ def line_attention(qk: Tensor) -> Tensor:
     return torch.softmax(energy, dim=-1)  # one joint softmax over the T + H + W candidates (Eq. 2)
 
 
-class CrissCrossFunction(torch.autograd.Function):
-    """CCA-3D(q, k, v) + base with a written-out backward pass that saves only q, k, v and the
-    attention (the projections that make q, k and v save their input, the recurrence's input).
-    `base` may be None (nothing added); its gradient is the upstream gradient itself.
+def criss_cross_gradients(grad: Tensor, qk: Tensor, v: Tensor, attention: Tensor) -> tuple[Tensor, Tensor]:
+    """The gradients of CCA-3D's query|key and value maps from the gradient `grad` of its output.
 
-    Forward: out = sum_j A_j v_j over the line positions j of each query (Eq. 3), with
-    A = softmax(q . k_j) (Eq. 2). Backward, for an upstream gradient G of out, with
+    With A the attention (`line_attention`), for an upstream gradient G of out = sum_j A_j v_j (Eq. 3),
     D_j = <G, v_j> and s = sum_j A_j D_j per query:
         dv_j = sum over queries i of A_ij G_i (the adjoint aggregation),
         dE_j = A_j (D_j - s) (softmax backward),
         dq = sum_j dE_j k_j, dk_j = sum over queries i of dE_ij q_i.
-    Every one of these is one `line_affinities` or `line_aggregate` call.
+    Every one of these is one `line_affinities` or `line_aggregate` call. grad, v: N x T x H x W x C_v
+    (one dtype); qk: N x T x H x W x 2C'. Returns dq|dk (N x T x H x W x 2C') and dv.
+    """
+    q, k = qk.chunk(2, dim=-1)
+    # dE = A (D - s): the softmax's own backward kernel, one pass.
+    grad_energy = torch._softmax_backward_data(line_affinities(grad, v), attention, -1, attention.dtype)
+    grad_v = line_aggregate(attention, grad, transpose=True)
+    grad_q = line_aggregate(grad_energy, k)
+    grad_k = line_aggregate(grad_energy, q, transpose=True)
+    return torch.cat([grad_q, grad_k], dim=-1), grad_v
+
+
+def _rows(x: Tensor) -> Tensor:
+    """An N x T x H x W x K map as a matrix of its positions, P x K (a view when contiguous)."""
+    return x.reshape(-1, x.shape[-1])
+
+
+class ProjectedCrissCrossFunction(torch.autograd.Function):
+    """One CCA-3D of its input's own projections, plus a residual: the products of one recurrence,
+    with a written-out backward pass.
+
+    Forward: q|k = y W_qk^T + b_qk, v = y W_v^T + b_v (in the autocast dtype, if any), then
+    out = CCA-3D(q, k, v) + base, where base is y itself when `adds_input`, else `base` (or
+    nothing when None). Saves y, q|k, v and the attention only.
+
+    Backward: `criss_cross_gradients` for q|k and v, then the projections' own gradients. The
+    input's gradient is one buffer that both products accumulate into (and that starts from the
+    upstream gradient when `adds_input`), so no separate pass sums the three contributions; the
+    gradient of `base` is the upstream gradient itself, in base's dtype.
     """
 
     @staticmethod
-    def forward(ctx: Any, qk: Tensor, v: Tensor, base: Tensor | None) -> Tensor:
-        with torch.autocast(qk.device.type, enabled=False):
-            out, attention = criss_cross_attention(qk, v, base)
-        ctx.save_for_backward(qk, v, attention)
+    def forward(
+        ctx: Any,
+        y: Tensor,
+        base: Tensor | None,
+        adds_input: bool,
+        query_key_weight: Tensor,
+        query_key_bias: Tensor | None,
+        value_weight: Tensor,
+        value_bias: Tensor | None,
+    ) -> Tensor:
+        qk, v = F.linear(y, query_key_weight, query_key_bias), F.linear(y, value_weight, value_bias)
+        with torch.autocast(y.device.type, enabled=False):
+            out, attention = criss_cross_attention(qk, v, y if adds_input else base)
+        ctx.save_for_backward(y, qk, v, attention, query_key_weight, value_weight)
+        ctx.adds_input = adds_input
         ctx.base_dtype = None if base is None else base.dtype
+        ctx.has_bias = query_key_bias is not None, value_bias is not None
         return out
 
     @staticmethod
     @once_differentiable  # the backward is not itself differentiable (no second derivatives)
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        qk, v, attention = ctx.saved_tensors
-        # Contiguous once (it may arrive permuted, through the view that a channels-last output is): the
-        # residual's gradient is this same map, which autograd then sums in place with the others; before
-        # any rounding to v's dtype.
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
+        y, qk, v, attention, query_key_weight, value_weight = ctx.saved_tensors
+        needs_y, needs_base, _, *needs_parameters = ctx.needs_input_grad
+        # Contiguous once (it may arrive permuted, through the view that a channels-last output is): a
+        # residual's gradient is this same map, before any rounding to the products' dtype.
         grad = grad.contiguous()
-        grad_base = None if ctx.base_dtype is None else grad.to(ctx.base_dtype)
-        with torch.autocast(qk.device.type, enabled=False):
-            grad = grad.to(v.dtype)
-            q, k = qk.chunk(2, dim=-1)
-            # dE = A (D - s): the softmax's own backward kernel, one pass.
-            grad_energy = torch._softmax_backward_data(line_affinities(grad, v), attention, -1, attention.dtype)
-            grad_v = line_aggregate(attention, grad, transpose=True)
-            grad_q = line_aggregate(grad_energy, k)
-            grad_k = line_aggregate(grad_energy, q, transpose=True)
-        return torch.cat([grad_q, grad_k], dim=-1), grad_v, grad_base
+        grad_base = grad.to(ctx.base_dtype) if needs_base and ctx.base_dtype is not None else None
+        with torch.autocast(y.device.type, enabled=False):
+            grad_qk, grad_v = criss_cross_gradients(grad.to(v.dtype), qk, v, attention)
+            dtype = v.dtype  # the products' dtype: y's, or the autocast dtype
+            grad_y = None
+            if needs_y:
+                # Both products accumulate into one buffer: from the upstream gradient when the input is
+                # also the residual (and of the same dtype), else from zero.
+                from_upstream = ctx.adds_input and grad.dtype == dtype
+                grad_y = torch.addmm if from_upstream else torch.mm
+                first = (_rows(grad),) if from_upstream else ()
+                grad_y = grad_y(*first, _rows(grad_qk), query_key_weight.to(dtype))
+                grad_y.addmm_(_rows(grad_v), value_weight.to(dtype))
+                grad_y = grad_y.view(y.shape).to(y.dtype)
+                if ctx.adds_input and not from_upstream:
+                    grad_y += grad.to(y.dtype)
+            y_rows = _rows(y).to(dtype)
+            parameter_grads = []
+            for rows, weight, has_bias, (needs_weight, needs_bias) in zip(
+                (_rows(grad_qk), _rows(grad_v)),
+                (query_key_weight, value_weight),
+                ctx.has_bias,
+                (needs_parameters[0:2], needs_parameters[2:4]),
+                strict=True,
+            ):
+                parameter_grads.append(rows.t().mm(y_rows).to(weight.dtype) if needs_weight else None)
+                parameter_grads.append(rows.sum(0).to(weight.dtype) if needs_bias and has_bias else None)
+        return grad_y, grad_base, None, *parameter_grads
 
 
 Projection = tuple[Tensor, Tensor]  # a 1x1x1 convolution as a matrix product: its out x in weight and its bias
@@ -300,9 +377,11 @@ class CrissCrossAttention3D(nn.Module):
         """F(y) (+ `base`, e.g. a residual, see `line_aggregate`) on an N x T x H x W x C map, with
         `projections()` (made once by a caller that applies F repeatedly)."""
         query_key, value = projections or self.projections()
+        inputs = (y, base, *query_key, *value)
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in inputs):
+            adds_input = base is y  # one gradient buffer for the input's two roles
+            return ProjectedCrissCrossFunction.apply(y, None if adds_input else base, adds_input, *query_key, *value)
         qk, v = F.linear(y, *query_key), F.linear(y, *value)
-        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (qk, v, base)):
-            return CrissCrossFunction.apply(qk, v, base)
         return criss_cross_attention(qk, v, base)[0]  # inference: the same products, nothing saved
 
     def forward(self, x: Tensor) -> Tensor:
