@@ -87,8 +87,9 @@ def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base
     # Per-batch views on the CPU; one batch of copied lines on a GPU (one kernel launch) and when
     # compiling (a graph that holds for any batch size).
     split = _batches if out.device.type == "cpu" and not torch.compiler.is_compiling() else _one_batch
-    bases = split(base) if base is not None else [None] * len(split(out))
-    for a, b, result, start in zip(split(first), split(second), split(out), bases, strict=True):
+    results = split(out)
+    bases = split(base) if base is not None else [None] * len(results)
+    for a, b, result, start in zip(split(first), split(second), results, bases, strict=True):
         if start is None:
             torch.bmm(a, b, out=result)
         else:
