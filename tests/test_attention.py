@@ -212,6 +212,20 @@ def test_projected_criss_cross_function_gradcheck(n: int, t: int, h: int, w: int
         assert torch.allclose(function(*arguments), projected_reference(inputs, residual), atol=1e-14)
 
 
+@pytest.mark.parametrize("adds_input", [False, True])
+def test_projected_function_with_frozen_weights_and_no_biases(adds_input: bool) -> None:
+    """Only the input needs a gradient and the projections have no biases: the backward skips the
+    projections' gradients and its input gradient still passes gradcheck; a base next to adds_input is refused."""
+    torch.manual_seed(3)
+    inputs = projected_inputs(2, 3, 2, 4)
+    weights = inputs["query_key_weight"].detach(), None, inputs["value_weight"].detach(), None
+    y = inputs["y"]
+    assert torch.autograd.gradcheck(lambda y: ProjectedCrissCrossFunction.apply(y, None, adds_input, *weights), (y,))
+    if adds_input:
+        with pytest.raises(ValueError, match="base=None"):
+            ProjectedCrissCrossFunction.apply(y, inputs["base"], True, *weights)
+
+
 @pytest.mark.parametrize("memory_efficient", [False, True])
 def test_rcca_saves_at_most_its_analytic_floor(memory_efficient: bool) -> None:
     """Saved for backward, per position and recurrence: the input Y (C), q and k (2C'), v (C) and one

@@ -17,9 +17,9 @@ into it, after one pass has summed the residual and the T products); the T and H
 whose lines are not contiguous in it, go to a scratch map and are added. Traced and
 autograd-recorded calls take plain out-of-place products of copied lines instead. Each
 recurrence, its projections included, is one autograd Function with a written-out backward pass
-(`ProjectedCrissCrossFunction`): it saves the input, q, k, v and the attention weights only, issues
-the same batched products, and accumulates the input's gradient from its three products (and the
-upstream gradient, when the input is also the residual) in one buffer. With
+(`ProjectedCrissCrossFunction`): it saves the input, q, k, v and the attention weights (and the
+projections' weights), issues the same batched products, and accumulates the input's gradient from
+its three products (and the upstream gradient, when the input is also the residual) in one buffer. With
 `memory_efficient=True` an RCCA-3D keeps only the input of each recurrence and
 recomputes the rest during the backward pass. The input's channels are moved last once and the
 output's back first, in chunks of positions (`moved_channels`), with backward passes that move the
@@ -185,15 +185,7 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
     else:  # base + the T products make the new map in one pass, the W products accumulate into it
         torch.add(base, scratch_products(1), out=out)
         _line_product(*line_operands(3), out_lines, out_lines)
-    return out.add_(scratch_products(2))
-    # base + the T products make the new map in one pass, the H products are added, the W products accumulate in place
-    operands = line_operands(1)
-    torch.add(base, _unlines(_line_product(*operands, scratch.view(operands[1].shape)), shape), out=out)
-    operands = line_operands(2)
-    out.add_(_unlines(_line_product(*operands, scratch.view(operands[1].shape)), shape))
-    out_lines = _lines(out, 3)
-    _line_product(*line_operands(3), out_lines, out_lines)
-    return out
+    return out.add_(scratch_products(2))  # the H products, added
 
 
 def self_position_mask(t: int, h: int, w: int, device: torch.device) -> Tensor:
@@ -264,12 +256,13 @@ class ProjectedCrissCrossFunction(torch.autograd.Function):
     with a written-out backward pass.
 
     Forward: q|k = y W_qk^T + b_qk, v = y W_v^T + b_v (in the autocast dtype, if any), then
-    out = CCA-3D(q, k, v) + base, where base is y itself when `adds_input`, else `base` (or
-    nothing when None). Saves y, q|k, v and the attention only.
+    out = CCA-3D(q, k, v) + base, where base is y itself when `adds_input` (`base` must then be
+    None), else `base` (or nothing when None). Saves y, q|k, v, the attention and the two weights.
 
     Backward: `criss_cross_gradients` for q|k and v, then the projections' own gradients. The
-    input's gradient is one buffer that both products accumulate into (and that starts from the
-    upstream gradient when `adds_input`), so no separate pass sums the three contributions; the
+    input's gradient is one buffer that both products accumulate into, starting from the upstream
+    gradient when `adds_input`, so no separate pass sums the three contributions (under mixed
+    precision each is rounded to its own dtype and they are summed in y's, as autograd sums them); the
     gradient of `base` is the upstream gradient itself, in base's dtype.
     """
 
@@ -284,6 +277,8 @@ class ProjectedCrissCrossFunction(torch.autograd.Function):
         value_weight: Tensor,
         value_bias: Tensor | None,
     ) -> Tensor:
+        if adds_input and base is not None:
+            raise ValueError("ProjectedCrissCrossFunction: pass base=None when adds_input (the input is the residual)")
         qk, v = F.linear(y, query_key_weight, query_key_bias), F.linear(y, value_weight, value_bias)
         with torch.autocast(y.device.type, enabled=False):
             out, attention = criss_cross_attention(qk, v, y if adds_input else base)
@@ -307,17 +302,20 @@ class ProjectedCrissCrossFunction(torch.autograd.Function):
             dtype = v.dtype  # the products' dtype: y's, or the autocast dtype
             grad_y = None
             if needs_y:
-                # Both products accumulate into one buffer: from the upstream gradient when the input is
-                # also the residual (and of the same dtype), else from zero.
-                from_upstream = ctx.adds_input and grad.dtype == dtype
-                grad_y = torch.addmm if from_upstream else torch.mm
-                first = (_rows(grad),) if from_upstream else ()
-                grad_y = grad_y(*first, _rows(grad_qk), query_key_weight.to(dtype))
-                grad_y.addmm_(_rows(grad_v), value_weight.to(dtype))
-                grad_y = grad_y.view(y.shape).to(y.dtype)
-                if ctx.adds_input and not from_upstream:
-                    grad_y += grad.to(y.dtype)
-            y_rows = _rows(y).to(dtype)
+                products = (_rows(grad_qk), query_key_weight.to(dtype)), (_rows(grad_v), value_weight.to(dtype))
+                if dtype == y.dtype and (not ctx.adds_input or grad.dtype == dtype):
+                    # Both products accumulate into one buffer: from the upstream gradient when the input is
+                    # also the residual, else from zero.
+                    first = (_rows(grad),) if ctx.adds_input else ()
+                    grad_y = (torch.addmm if ctx.adds_input else torch.mm)(*first, *products[0])
+                    grad_y.addmm_(*products[1])
+                else:  # mixed precision: each product rounded to its dtype and summed in y's, as autograd does
+                    grad_y = torch.mm(*products[0]).to(y.dtype)
+                    grad_y += torch.mm(*products[1])
+                    if ctx.adds_input:
+                        grad_y += _rows(grad).to(y.dtype)
+                grad_y = grad_y.view(y.shape)
+            y_rows = _rows(y).to(dtype) if any(needs_parameters) else None
             parameter_grads = []
             for rows, weight, has_bias, (needs_weight, needs_bias) in zip(
                 (_rows(grad_qk), _rows(grad_v)),
