@@ -256,9 +256,10 @@ def test_a_preempted_sweep_job_is_requeued_and_ends_as_an_uninterrupted_run(tmp_
         "trainer.checkpoint_every=1",
         "trainer.num_workers=0",
         "resume=auto",
+        "trainer.threads=1",  # the job and the reference train side by side: one thread each on 2 cores
     )
     env = {name: value for name, value in os.environ.items() if not name.startswith(("SLURM_", "SUBMITIT_"))}
-    env["OMP_NUM_THREADS"] = "2"
+    env["OMP_NUM_THREADS"] = "1"
     train = [sys.executable, str(REPO / "train.py")]
     output = (tmp_path / "sweep.out").open("w")
     sweep_dir = tmp_path / "sweep"
