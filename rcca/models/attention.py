@@ -159,11 +159,10 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
     columns = {axis: (start, size) for axis, start, size in line_columns(shape)}
 
     def line_operands(axis: int) -> tuple[Tensor, Tensor]:
+        """The lines of `axis`: weights O x I x L x L (transposed with `transpose`), values O x I x L x K."""
         start, size = columns[axis]
-        line_weights, line_values = _lines(weights[..., start : start + size], axis), _lines(values, axis)
-        return (
-            line_weights.transpose(-2, -1) if transpose else line_weights
-        ), line_values  # O x I x L x L, O x I x L x K
+        line_weights = _lines(weights[..., start : start + size], axis)
+        return (line_weights.transpose(-2, -1) if transpose else line_weights), _lines(values, axis)
 
     if not in_place:
         summed = base  # from the residual (the wider type under mixed precision)
