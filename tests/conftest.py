@@ -135,3 +135,16 @@ def write_square_video(path: Path, frames: int = 16) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+@pytest.fixture(params=["compiled", "aten"])
+def line_kernels(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Runs a test with each implementation of CCA-3D's line sums on the CPU: the compiled kernel and the ATen path."""
+    from rcca.models.compiled import KERNELS_VARIABLE, cpu_kernels
+
+    monkeypatch.setenv(KERNELS_VARIABLE, request.param)
+    cpu_kernels.cache_clear()
+    if request.param == "compiled" and cpu_kernels() is None:
+        pytest.skip("the CPU kernels cannot be built here (test_compiled_kernels tells why)")
+    yield request.param
+    cpu_kernels.cache_clear()

@@ -64,7 +64,7 @@ def brute_force_cca(cca: CrissCrossAttention3D, x: Tensor) -> Tensor:
 
 @pytest.mark.parametrize("t, h, w", [(3, 4, 5), (1, 3, 4), (4, 5, 3), (2, 1, 6), (1, 1, 1), (5, 2, 2)])
 @pytest.mark.parametrize("value_channels", [None, 3])
-def test_cca_matches_brute_force(t: int, h: int, w: int, value_channels: int | None) -> None:
+def test_cca_matches_brute_force(t: int, h: int, w: int, value_channels: int | None, line_kernels: str) -> None:
     torch.manual_seed(t * 100 + h * 10 + w)
     cca = randomise(CrissCrossAttention3D(6, 2, value_channels).double())
     x = torch.randn(2, 6, t, h, w, dtype=torch.float64)
@@ -144,9 +144,11 @@ def test_rcca_structures_follow_their_equations(structure: str, recurrence: int)
 @pytest.mark.parametrize("memory_efficient", [False, True], ids=["saved", "recomputed"])
 @pytest.mark.parametrize("structure", ["a", "b", "c", "d"])
 @pytest.mark.parametrize("gamma", [0.7, 0.0])
-def test_rcca_gradients_match_brute_force(structure: str, memory_efficient: bool, device: str, gamma: float) -> None:
+def test_rcca_gradients_match_brute_force(
+    structure: str, memory_efficient: bool, device: str, gamma: float, line_kernels: str
+) -> None:
     """Input and parameter gradients (gamma's too, at gamma = 0 as well) of the written-out backward
-    equal autograd through the brute force."""
+    equal autograd through the brute force, with either implementation of the line sums on the CPU."""
     torch.manual_seed(1)
     module = RCCA3D(8, structure=structure, gamma_init=gamma, memory_efficient=memory_efficient)
     module = randomise(module.double()).to(device)
@@ -241,10 +243,11 @@ def test_rcca_saves_at_most_its_analytic_floor(memory_efficient: bool) -> None:
     assert activations <= saved_tensor_bytes(lambda: module(x)) <= activations + 4 * weights
 
 
-def test_line_products_run_as_one_kernel_call_per_batch_of_lines() -> None:
+def test_line_products_run_as_one_kernel_call_per_batch_of_lines(line_kernels: str) -> None:
     """A forward + backward pass issues one batched product per batch of lines, R x 6 products x
     (1 W batch + N T batches + N*T H batches), and none falls back to one matrix at a time (PyTorch
-    does when a product's result is not contiguous: a select and a matrix product per line)."""
+    does when a product's result is not contiguous: a select and a matrix product per line). With the
+    compiled kernel for the weighted sums, only the 2 affinity products of each recurrence remain."""
     n, c, t, h, w = 2, 32, 4, 8, 8  # large enough for the matrix kernels (PyTorch loops itself below 400 MACs)
     module = RCCA3D(c)
     x = torch.randn(n, c, t, h, w, requires_grad=True)
@@ -252,7 +255,8 @@ def test_line_products_run_as_one_kernel_call_per_batch_of_lines() -> None:
         module(x).sum().backward()
     products = [event for event in profile.events() if event.name in ("aten::bmm", "aten::baddbmm", "aten::baddbmm_")]
     # 6 products a recurrence: affinities and aggregation forward; D, dV, dQ, dK backward.
-    assert len(products) == module.recurrence * 6 * (1 + n + n * t)
+    per_recurrence = 2 if line_kernels == "compiled" else 6
+    assert len(products) == module.recurrence * per_recurrence * (1 + n + n * t)
     per_matrix = [child.name for event in products for child in event.cpu_children]
     assert not {"aten::select", "aten::addmm_", "aten::mm"} & set(per_matrix), per_matrix
 

@@ -37,6 +37,8 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
+from rcca.models.compiled import cpu_kernels
+
 STRUCTURES = ("a", "b", "c", "d")
 
 
@@ -49,7 +51,9 @@ def _lines(x: Tensor, axis: int) -> Tensor:
     else a copy (fine for what is only read).
     """
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 : 4])
-    return x.reshape(-1, x.shape[-1]).view(outer, x.shape[axis], inner, x.shape[-1]).transpose(1, 2)
+    return (
+        x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).view(outer, x.shape[axis], inner, x.shape[-1]).transpose(1, 2)
+    )
 
 
 def _unlines(lines: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -97,6 +101,11 @@ def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base
     return out
 
 
+def _rows(x: Tensor) -> Tensor:
+    """An N x T x H x W x K map as a matrix of its positions, P x K (a view when contiguous)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def _position_rows(x: Tensor) -> Tensor:
     """`x` (N x T x H x W x K) itself when its positions are rows of one matrix with unit channel
     stride (contiguous, or some channels of such a map), else a contiguous copy."""
@@ -135,6 +144,13 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
 
 
+def _compiled_kernel_applies(values: Tensor) -> bool:
+    """Whether the compiled CPU kernel can take a `line_aggregate` call that writes new tensors: float32 or
+    float64 maps on the CPU, outside `torch.compile` (which records ATen operations)."""
+    cpu_float = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
+    return cpu_float and not torch.compiler.is_compiling()
+
+
 def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, base: Tensor | None = None) -> Tensor:
     """Weighted sums of `values` along the three lines of every position, added to `base` if given.
 
@@ -170,6 +186,10 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
             product = _unlines(_line_product(*line_operands(axis)), shape)
             summed = product if summed is None else summed + product
         return summed
+    kernels = cpu_kernels() if _compiled_kernel_applies(values) else None
+    if kernels is not None:  # one kernel, no scratch map (csrc/line_aggregate.cpp)
+        start = None if base is None else _rows(base).contiguous()
+        return kernels.line_aggregate(_rows(weights).contiguous(), _rows(values), start, shape, transpose)
     out = values.new_empty(*shape, values.shape[-1])
     scratch = torch.empty_like(out)  # the T, then the H products, each in its lines' order
 
@@ -243,11 +263,6 @@ def criss_cross_gradients(grad: Tensor, qk: Tensor, v: Tensor, attention: Tensor
     grad_q = line_aggregate(grad_energy, k)
     grad_k = line_aggregate(grad_energy, q, transpose=True)
     return torch.cat([grad_q, grad_k], dim=-1), grad_v
-
-
-def _rows(x: Tensor) -> Tensor:
-    """An N x T x H x W x K map as a matrix of its positions, P x K (a view when contiguous)."""
-    return x.reshape(-1, x.shape[-1])
 
 
 class ProjectedCrissCrossFunction(torch.autograd.Function):

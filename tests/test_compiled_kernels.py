@@ -1,0 +1,110 @@
+"""The compiled CPU kernel of CCA-3D's line sums: built where a compiler is, equal to the ATen path, and
+a clean fallback where it cannot be built or is not wanted."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+
+import pytest
+import torch
+from torch import Tensor
+
+from rcca.models import compiled
+from rcca.models.attention import line_aggregate, line_attention
+from rcca.models.compiled import KERNELS_VARIABLE, cpu_kernels
+
+
+@pytest.fixture(autouse=True)
+def fresh_kernels() -> None:
+    """Each test looks the kernels up afresh (its own environment), and leaves no choice behind."""
+    cpu_kernels.cache_clear()
+    yield
+    cpu_kernels.cache_clear()
+
+
+def aten_line_aggregate(monkeypatch: pytest.MonkeyPatch, *args: Tensor | None, **kwargs: object) -> Tensor:
+    """`line_aggregate` through the ATen path (matrix products per batch of lines, summed)."""
+    with monkeypatch.context() as patch:
+        patch.setenv(KERNELS_VARIABLE, "aten")
+        cpu_kernels.cache_clear()
+        result = line_aggregate(*args, **kwargs)
+    cpu_kernels.cache_clear()
+    return result
+
+
+def test_the_kernels_build_where_a_compiler_and_ninja_are() -> None:
+    if shutil.which("c++") is None or importlib.util.find_spec("ninja") is None:
+        pytest.skip("no C++ compiler or ninja here: the attention runs its ATen path")
+    assert cpu_kernels() is not None
+
+
+# N, T, H, W, K: sizes of 1, channel counts that are and are not whole pairs of vectors, an empty batch
+SHAPES = [(1, 3, 4, 5, 64), (2, 4, 6, 5, 19), (1, 1, 1, 1, 3), (2, 1, 5, 1, 33), (1, 6, 2, 7, 100), (0, 2, 3, 3, 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("transpose", [False, True])
+@pytest.mark.parametrize("with_base", [False, True])
+def test_compiled_line_sums_equal_the_aten_path(
+    shape: tuple[int, ...], dtype: torch.dtype, transpose: bool, with_base: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Weighted sums along the lines, their adjoint (`transpose`) and the residual (`base`), on values that
+    are every other channel pair of a wider map (a row stride of their own, as q and k are of q|k)."""
+    if cpu_kernels() is None:
+        pytest.skip("the CPU kernels cannot be built here")
+    n, t, h, w, k = shape
+    generator = torch.Generator().manual_seed(sum(shape))
+    weights = line_attention(torch.randn(n, t, h, w, 4, generator=generator, dtype=dtype))
+    values = torch.randn(n, t, h, w, 2 * k + 1, generator=generator, dtype=dtype)[..., 1 : k + 1]
+    base = torch.randn(n, t, h, w, k, generator=generator, dtype=dtype) if with_base else None
+    ours = line_aggregate(weights, values, transpose=transpose, base=base)
+    reference = aten_line_aggregate(monkeypatch, weights, values, transpose=transpose, base=base)
+    assert ours.shape == (n, t, h, w, k) and ours.dtype == dtype and ours.is_contiguous()
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(ours, reference, rtol=tolerance, atol=tolerance)
+
+
+def test_kernels_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KERNELS_VARIABLE, "aten")
+    assert cpu_kernels() is None
+
+
+def test_a_bad_kernel_choice_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KERNELS_VARIABLE, "fast")
+    with pytest.raises(ValueError, match=r"RCCA_CPU_KERNELS='fast': choose compiled \(the default\) or aten"):
+        cpu_kernels()
+
+
+def test_a_failed_build_falls_back_to_the_aten_path_with_one_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No compiler (or a broken one): the attention still runs, and the log says why once."""
+    from torch.utils import cpp_extension
+
+    calls = []
+
+    def failing_build(**kwargs: object) -> None:
+        calls.append(kwargs)
+        raise RuntimeError("Error building extension 'rcca_cpu_kernels'\nc++: command not found")
+
+    monkeypatch.setattr(cpp_extension, "load", failing_build)
+    weights = line_attention(torch.randn(1, 2, 3, 4, 4))
+    values = torch.randn(1, 2, 3, 4, 5)
+    with caplog.at_level(logging.WARNING, logger="rcca"):
+        first = line_aggregate(weights, values)
+        second = line_aggregate(weights, values)
+    assert len(calls) == 1
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "c++: command not found" in warnings[0] and "ATen path" in warnings[0]
+    assert torch.equal(first, second)
+    assert torch.allclose(first, aten_line_aggregate(monkeypatch, weights, values))
+
+
+def test_the_build_name_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A build tuned for one CPU is never loaded on another (a cache shared over a cluster's file system)."""
+    here = compiled.machine_tag()
+    monkeypatch.setattr(compiled.platform, "machine", lambda: "another-cpu")
+    assert compiled.machine_tag() != here
