@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,6 +140,20 @@ def write_square_video(path: Path, frames: int = 16) -> Path:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     return path
+
+
+def dense_line_weights(weights: Tensor) -> Tensor:
+    """Line weights N x T x H x W x (T + H + W) (columns as in `line_attention`) spread over all positions:
+    N x THW x THW, row = query, column = the position it weighs (a weight of the query's own position on
+    several lines is summed)."""
+    n, t, h, w, _ = weights.shape
+    dense = weights.new_zeros(n, t, h, w, t, h, w)
+    for i, j, k in itertools.product(range(t), range(h), range(w)):
+        row = weights[:, i, j, k]
+        dense[:, i, j, k, :, j, k] += row[:, :t]
+        dense[:, i, j, k, i, :, k] += row[:, t : t + h]
+        dense[:, i, j, k, i, j, :] += row[:, t + h :]
+    return dense.reshape(n, t * h * w, t * h * w)
 
 
 @pytest.fixture(params=["compiled", "aten"])

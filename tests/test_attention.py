@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from conftest import dense_line_weights
 from torch import Tensor, nn
 
 from rcca.config import BackboneConfig, ModuleConfig, OptimizerConfig
@@ -66,10 +67,10 @@ def brute_force_cca(cca: CrissCrossAttention3D, x: Tensor) -> Tensor:
 @pytest.mark.parametrize("value_channels", [None, 3])
 def test_cca_matches_brute_force(t: int, h: int, w: int, value_channels: int | None, line_kernels: str) -> None:
     torch.manual_seed(t * 100 + h * 10 + w)
-    cca = randomise(CrissCrossAttention3D(6, 2, value_channels).double())
-    x = torch.randn(2, 6, t, h, w, dtype=torch.float64)
+    cca = randomise(CrissCrossAttention3D(8, 2, value_channels).double())  # v: 8 float64 channels, one vector
+    x = torch.randn(2, 8, t, h, w, dtype=torch.float64)
     out = cca(x)
-    assert out.shape == (2, value_channels or 6, t, h, w)
+    assert out.shape == (2, value_channels or 8, t, h, w)
     assert torch.allclose(out, brute_force_cca(cca, x), rtol=1e-10, atol=1e-12)
 
 
@@ -95,18 +96,6 @@ def paper_equation(structure: str, recurrence: int) -> Callable[[RCCA3D, Tensor]
     return forward
 
 
-def dense_attention(weights: Tensor) -> Tensor:
-    """Line attention weights N x T x H x W x (T + H + W) spread over all positions: N x THW x THW."""
-    n, t, h, w, _ = weights.shape
-    dense = weights.new_zeros(n, t, h, w, t, h, w)
-    for i, j, k in torch.cartesian_prod(torch.arange(t), torch.arange(h), torch.arange(w)).tolist():
-        row = weights[:, i, j, k]
-        dense[:, i, j, k, :, j, k] += row[:, :t]
-        dense[:, i, j, k, i, :, k] += row[:, t : t + h]
-        dense[:, i, j, k, i, j, :] += row[:, t + h :]
-    return dense.reshape(n, t * h * w, t * h * w)
-
-
 def brute_force_attention(cca: CrissCrossAttention3D, x: Tensor) -> Tensor:
     """The masked full softmax of `brute_force_cca`: N x THW x THW."""
     n, _, t, h, w = x.shape
@@ -125,7 +114,7 @@ def test_attention_weights_of_each_pass_match_brute_force() -> None:
     assert torch.allclose(first.sum(-1), torch.ones(2, 3, 4, 5, dtype=torch.float64))
     y1 = module.gamma * brute_force_cca(module.cca, x) + x
     for ours, y in ((first, x), (second, y1)):
-        assert torch.allclose(dense_attention(ours), brute_force_attention(module.cca, y), atol=1e-12)
+        assert torch.allclose(dense_line_weights(ours), brute_force_attention(module.cca, y), atol=1e-12)
     assert not torch.allclose(first, second)
 
 
@@ -248,7 +237,8 @@ def test_line_products_run_as_one_kernel_call_per_batch_of_lines(line_kernels: s
     (1 W batch + N T batches + N*T H batches), and none falls back to one matrix at a time (PyTorch
     does when a product's result is not contiguous: a select and a matrix product per line). With the
     compiled kernel for the weighted sums, only the 2 affinity products of each recurrence remain."""
-    n, c, t, h, w = 2, 32, 4, 8, 8  # large enough for the matrix kernels (PyTorch loops itself below 400 MACs)
+    # large enough for the matrix kernels (PyTorch loops itself below 400 MACs); C' = 16, a whole vector
+    n, c, t, h, w = 2, 64, 4, 8, 8
     module = RCCA3D(c)
     x = torch.randn(n, c, t, h, w, requires_grad=True)
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as profile:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import importlib.util
 import logging
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import dense_line_weights
 from torch import Tensor
 
 from rcca.models import compiled
@@ -40,8 +42,8 @@ def test_the_kernels_build_where_a_compiler_and_ninja_are() -> None:
     assert cpu_kernels() is not None
 
 
-# N, T, H, W, K: sizes of 1, channel counts that are and are not whole pairs of vectors, an empty batch
-SHAPES = [(1, 3, 4, 5, 64), (2, 4, 6, 5, 19), (1, 1, 1, 1, 3), (2, 1, 5, 1, 33), (1, 6, 2, 7, 100), (0, 2, 3, 3, 8)]
+# N, T, H, W, K: sizes of 1, 1 to 7 pairs of float32 vectors and an odd one left, an empty batch
+SHAPES = [(1, 3, 4, 5, 64), (2, 4, 6, 5, 16), (1, 1, 1, 1, 48), (2, 1, 5, 1, 32), (1, 6, 2, 7, 112), (0, 2, 3, 3, 16)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -67,6 +69,41 @@ def test_compiled_line_sums_equal_the_aten_path(
     assert torch.allclose(ours, reference, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(2, 3, 6, 5, 40), (1, 5, 4, 9, 16), (1, 2, 3, 2, 8)])
+def test_compiled_line_sums_equal_dense_products(shape: tuple[int, ...], threads: int) -> None:
+    """Against an independent reference: the weights spread over a dense THW x THW matrix per clip, times
+    the values (its transpose for the adjoint). Arbitrary weights, so that the columns of each position's
+    own place on its T and H lines count too; float64 (8 channels a vector): tiles of 2 and of 1 vector;
+    1 and 2 threads."""
+    if cpu_kernels() is None:
+        pytest.skip("the CPU kernels cannot be built here")
+    n, t, h, w, k = shape
+    generator = torch.Generator().manual_seed(k)
+    weights = torch.randn(n, t, h, w, t + h + w, generator=generator, dtype=torch.float64)
+    values = torch.randn(n, t, h, w, k, generator=generator, dtype=torch.float64)
+    base = torch.randn(n, t, h, w, k, generator=generator, dtype=torch.float64)
+    dense, rows = dense_line_weights(weights), values.reshape(n, t * h * w, k)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        forward = line_aggregate(weights, values, base=base)
+        adjoint = line_aggregate(weights, values, transpose=True)
+    finally:
+        torch.set_num_threads(previous)
+    assert torch.allclose(forward, (dense @ rows).view(shape) + base, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(adjoint, (dense.transpose(1, 2) @ rows).view(shape), rtol=1e-12, atol=1e-12)
+
+
+def test_channels_short_of_a_vector_take_the_aten_path() -> None:
+    assert compiled.kernel_takes(torch.zeros(1, 2, 2, 2, 32)) and compiled.kernel_takes(
+        torch.zeros(1, 2, 2, 2, 8).double()
+    )
+    assert not compiled.kernel_takes(torch.zeros(1, 2, 2, 2, 24)) and not compiled.kernel_takes(
+        torch.zeros(2, 4).half()
+    )
+
+
 def test_kernels_can_be_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(KERNELS_VARIABLE, "aten")
     assert cpu_kernels() is None
@@ -88,23 +125,43 @@ def test_a_failed_build_falls_back_to_the_aten_path_with_one_warning(
 
     def failing_build(**kwargs: object) -> None:
         calls.append(kwargs)
-        raise RuntimeError("Error building extension 'rcca_cpu_kernels'\nc++: command not found")
+        raise RuntimeError(  # what torch's build says when the compiler is missing (abridged)
+            "Error building extension 'rcca_cpu_kernels_0': [1/2] c++ -MMD -c line_aggregate.cpp\n"
+            "FAILED: [code=127] line_aggregate.o\nc++ -MMD -c line_aggregate.cpp\n/bin/sh: 1: c++: not found\n"
+            "ninja: build stopped: subcommand failed."
+        )
 
     monkeypatch.setattr(cpp_extension, "load", failing_build)
     weights = line_attention(torch.randn(1, 2, 3, 4, 4))
-    values = torch.randn(1, 2, 3, 4, 5)
+    values = torch.randn(1, 2, 3, 4, 16)
     with caplog.at_level(logging.WARNING, logger="rcca"):
         first = line_aggregate(weights, values)
         second = line_aggregate(weights, values)
     assert len(calls) == 1
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
-    assert len(warnings) == 1 and "c++: command not found" in warnings[0] and "ATen path" in warnings[0]
+    assert len(warnings) == 1 and "/bin/sh: 1: c++: not found" in warnings[0] and "ATen path" in warnings[0]
     assert torch.equal(first, second)
     assert torch.allclose(first, aten_line_aggregate(monkeypatch, weights, values))
 
 
-def test_the_build_name_follows_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A build tuned for one CPU is never loaded on another (a cache shared over a cluster's file system)."""
-    here = compiled.machine_tag()
+def test_a_compiler_error_is_the_reason_given() -> None:
+    error = RuntimeError(
+        "Error building extension 'x': [1/2] c++ -c line_aggregate.cpp\nFAILED: [code=1] line_aggregate.o\n"
+        "line_aggregate.cpp: In function 'int f()':\nline_aggregate.cpp:2:18: error: 'y' was not declared\n"
+        "ninja: build stopped: subcommand failed."
+    )
+    assert compiled.failure_reason(error) == "line_aggregate.cpp:2:18: error: 'y' was not declared"
+    assert compiled.failure_reason(RuntimeError("Ninja is required to load C++ extensions")).startswith("Ninja")
+
+
+def test_the_build_name_follows_the_cpu_and_the_sources(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """A build tuned for one CPU is never loaded on another (a cache shared over a cluster's file system),
+    and another copy of the sources builds under a name of its own."""
+    here = compiled.build_tag()
+    edited = tmp_path / "line_aggregate.cpp"
+    edited.write_bytes(compiled.SOURCES[0].read_bytes() + b"// edited\n")
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "SOURCES", [edited])
+        assert compiled.build_tag() != here
     monkeypatch.setattr(compiled.platform, "machine", lambda: "another-cpu")
-    assert compiled.machine_tag() != here
+    assert compiled.build_tag() != here

@@ -37,7 +37,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
-from rcca.models.compiled import cpu_kernels
+from rcca.models.compiled import cpu_kernels, kernel_takes
 
 STRUCTURES = ("a", "b", "c", "d")
 
@@ -144,13 +144,6 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     return torch.cat(blocks, dim=-1).to(torch.promote_types(a.dtype, torch.float32))
 
 
-def _compiled_kernel_applies(values: Tensor) -> bool:
-    """Whether the compiled CPU kernel can take a `line_aggregate` call that writes new tensors: float32 or
-    float64 maps on the CPU, outside `torch.compile` (which records ATen operations)."""
-    cpu_float = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
-    return cpu_float and not torch.compiler.is_compiling()
-
-
 def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, base: Tensor | None = None) -> Tensor:
     """Weighted sums of `values` along the three lines of every position, added to `base` if given.
 
@@ -186,7 +179,7 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
             product = _unlines(_line_product(*line_operands(axis)), shape)
             summed = product if summed is None else summed + product
         return summed
-    kernels = cpu_kernels() if _compiled_kernel_applies(values) else None
+    kernels = cpu_kernels() if kernel_takes(values) else None
     if kernels is not None:  # one kernel, no scratch map (csrc/line_aggregate.cpp)
         start = None if base is None else _rows(base).contiguous()
         return kernels.line_aggregate(_rows(weights).contiguous(), _rows(values), start, shape, transpose)

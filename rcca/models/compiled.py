@@ -27,6 +27,16 @@ log = logging.getLogger("rcca")
 
 KERNELS_VARIABLE = "RCCA_CPU_KERNELS"  # "compiled" (the default) or "aten"
 SOURCES = [Path(__file__).parent / "csrc" / "line_aggregate.cpp"]
+VECTOR_BYTES = 64  # the kernels' vector width: they take channel counts that fill whole vectors
+
+
+def kernel_takes(values: torch.Tensor) -> bool:
+    """Whether the kernels take a map of these values: float32 or float64 on the CPU, its channels whole
+    vectors (multiples of 16 or 8; fewer are faster through ATen), outside `torch.compile` (which records
+    ATen operations)."""
+    cpu_float = values.device.type == "cpu" and values.dtype in (torch.float32, torch.float64)
+    whole = cpu_float and values.shape[-1] % (VECTOR_BYTES // values.element_size()) == 0
+    return whole and not torch.compiler.is_compiling()
 
 
 def kernels_requested() -> bool:
@@ -37,14 +47,33 @@ def kernels_requested() -> bool:
     return value == "compiled"
 
 
-def machine_tag() -> str:
-    """A short name for this CPU and torch build: a build tuned for one CPU (-march=native) never loads on another."""
+def compiler_flags() -> list[str]:
+    """Optimised for the CPU that builds (x86-64: its vector width, AVX-512 where it has it), with OpenMP
+    (`at::parallel_for` then shares torch's threads and honours `torch.set_num_threads`)."""
+    return ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
+
+
+def build_tag() -> str:
+    """A short name for this build: the CPU (a build tuned for one CPU never loads on another, e.g. from a
+    cache shared over a cluster's file system), torch's version, the flags and the sources (two copies of
+    rcca on one machine do not rebuild each other's)."""
     cpu = platform.machine()
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
         lines = cpuinfo.read_text(errors="replace").splitlines()
         cpu += next((line for line in lines if line.startswith(("flags", "Features"))), "")
-    return hashlib.sha256(f"{cpu} {torch.__version__}".encode()).hexdigest()[:12]
+    digest = hashlib.sha256(f"{cpu} {torch.__version__} {compiler_flags()}".encode())
+    for source in SOURCES:
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def failure_reason(error: Exception) -> str:
+    """The line of a failed build that says why: the compiler's first error or the shell's "not found",
+    not the command line or ninja's last word; else the first line."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    said = (line for line in lines if "error:" in line.lower() or "not found" in line.lower())
+    return next(said, lines[0] if lines else type(error).__name__)
 
 
 @functools.cache
@@ -61,17 +90,17 @@ def cpu_kernels() -> ModuleType | None:
         from torch.utils import cpp_extension
     finally:
         extension_log.setLevel(level)
-    flags = ["-O3", "-fopenmp"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
     log.info("Loading rcca's CPU kernels (the first time on a machine, they are compiled: about 20 s)")
     try:
         return cpp_extension.load(
-            name=f"rcca_cpu_kernels_{machine_tag()}",
+            name=f"rcca_cpu_kernels_{build_tag()}",
             sources=[str(source) for source in SOURCES],
-            extra_cflags=flags,
+            extra_cflags=compiler_flags(),
             extra_ldflags=["-fopenmp"],
         )
     except (OSError, RuntimeError, ImportError) as error:  # no compiler or ninja, a failed build or load
-        reason = str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__
+        log.debug("The build of rcca's CPU kernels failed:\n%s", error)
+        reason = failure_reason(error)
         log.warning(
             "rcca's CPU kernels could not be built (%s): CCA-3D uses its ATen path, slower on the CPU. "
             "Set %s=aten to skip the build.",

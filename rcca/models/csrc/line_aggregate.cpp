@@ -7,8 +7,9 @@
 // and with `transpose` each line's weight matrix is transposed (the adjoint map of the backward pass):
 //   out[n, t', h, w] gets weights[n, t, h, w, t'] values[n, t, h, w], and so on along H and W.
 // Each line's product (L x L weights times L x K values) is computed in register tiles of 4 output rows and
-// 2 vectors of channels, written or added straight into the output: no scratch map and no pass that sums
-// maps. Two parallel regions: one item per (clip, row h) writes base + the W and T products of its
+// 2 vectors of channels (then 1 vector), written or added straight into the output: no scratch map and no
+// pass that sums maps. K must fill whole 64-byte vectors (16 float32 or 8 float64 channels; the Python side
+// takes the ATen path otherwise). Two parallel regions: one item per (clip, row h) writes base + the W and T products of its
 // positions, then one item per (clip, frame t) adds the H products.
 
 #include <torch/extension.h>
@@ -43,57 +44,54 @@ struct Rows {
   T* row(int64_t i) const { return data + i * stride; }
 };
 
-// One line's product: out[i] = start[i] + sum_j weight(i, j) values[j] for i, j < length, over channels
-// [0, channels), with weight(i, j) = weights[i * wi + j * wj]; zeros when `start` is null. `start` may be `out`.
-template <typename T>
-void line_product(Rows<T> out, Rows<const T> start, Rows<const T> values, const T* weights, int64_t wi,
-                  int64_t wj, int64_t length, int64_t channels) {
+// The channels [k, k + vectors * lanes) of one line's product (see `line_product`): tiles of 4 output rows
+// of `vectors` vectors each, their accumulators in registers, then the last rows one at a time.
+template <typename T, int vectors>
+void line_tiles(Rows<T> out, Rows<const T> start, Rows<const T> values, const T* weights, int64_t wi, int64_t wj,
+                int64_t length, int64_t k) {
   using V = Vec<T>;
   using vec = typename V::type;
   constexpr int64_t lanes = V::lanes;
+  int64_t i = 0;
+  for (; i + 4 <= length; i += 4) {
+    vec acc[4][vectors];
+    for (int r = 0; r < 4; ++r) {
+      for (int c = 0; c < vectors; ++c) acc[r][c] = start.data ? V::load(start.row(i + r) + k + c * lanes) : V::splat(0);
+    }
+    for (int64_t j = 0; j < length; ++j) {
+      vec x[vectors];
+      for (int c = 0; c < vectors; ++c) x[c] = V::load(values.row(j) + k + c * lanes);
+      const T* weight = weights + i * wi + j * wj;
+      for (int r = 0; r < 4; ++r) {
+        const vec w = V::splat(weight[r * wi]);
+        for (int c = 0; c < vectors; ++c) acc[r][c] += w * x[c];
+      }
+    }
+    for (int r = 0; r < 4; ++r) {
+      for (int c = 0; c < vectors; ++c) V::store(out.row(i + r) + k + c * lanes, acc[r][c]);
+    }
+  }
+  for (; i < length; ++i) {
+    vec acc[vectors];
+    for (int c = 0; c < vectors; ++c) acc[c] = start.data ? V::load(start.row(i) + k + c * lanes) : V::splat(0);
+    for (int64_t j = 0; j < length; ++j) {
+      const vec w = V::splat(weights[i * wi + j * wj]);
+      for (int c = 0; c < vectors; ++c) acc[c] += w * V::load(values.row(j) + k + c * lanes);
+    }
+    for (int c = 0; c < vectors; ++c) V::store(out.row(i) + k + c * lanes, acc[c]);
+  }
+}
+
+// One line's product: out[i] = start[i] + sum_j weight(i, j) values[j] for i, j < length, over channels
+// [0, channels) (a whole number of vectors), with weight(i, j) = weights[i * wi + j * wj]; zeros when
+// `start` is null. `start` may be `out` (each tile reads its rows before it writes them).
+template <typename T>
+void line_product(Rows<T> out, Rows<const T> start, Rows<const T> values, const T* weights, int64_t wi,
+                  int64_t wj, int64_t length, int64_t channels) {
+  constexpr int64_t lanes = Vec<T>::lanes;
   int64_t k = 0;
-  for (; k + 2 * lanes <= channels; k += 2 * lanes) {
-    int64_t i = 0;
-    for (; i + 4 <= length; i += 4) {  // 4 output rows x 2 vectors: 8 accumulators
-      vec acc[4][2];
-      for (int r = 0; r < 4; ++r) {
-        for (int c = 0; c < 2; ++c) {
-          acc[r][c] = start.data ? V::load(start.row(i + r) + k + c * lanes) : V::splat(0);
-        }
-      }
-      for (int64_t j = 0; j < length; ++j) {
-        const T* value = values.row(j) + k;
-        const vec x0 = V::load(value), x1 = V::load(value + lanes);
-        const T* weight = weights + i * wi + j * wj;
-        for (int r = 0; r < 4; ++r) {
-          const vec w = V::splat(weight[r * wi]);
-          acc[r][0] += w * x0;
-          acc[r][1] += w * x1;
-        }
-      }
-      for (int r = 0; r < 4; ++r) {
-        for (int c = 0; c < 2; ++c) V::store(out.row(i + r) + k + c * lanes, acc[r][c]);
-      }
-    }
-    for (; i < length; ++i) {  // the last rows, one at a time
-      vec acc0 = start.data ? V::load(start.row(i) + k) : V::splat(0);
-      vec acc1 = start.data ? V::load(start.row(i) + k + lanes) : V::splat(0);
-      for (int64_t j = 0; j < length; ++j) {
-        const vec w = V::splat(weights[i * wi + j * wj]);
-        acc0 += w * V::load(values.row(j) + k);
-        acc1 += w * V::load(values.row(j) + k + lanes);
-      }
-      V::store(out.row(i) + k, acc0);
-      V::store(out.row(i) + k + lanes, acc1);
-    }
-  }
-  for (; k < channels; ++k) {  // channels past the last full pair of vectors
-    for (int64_t i = 0; i < length; ++i) {
-      T sum = start.data ? start.row(i)[k] : T(0);
-      for (int64_t j = 0; j < length; ++j) sum += weights[i * wi + j * wj] * values.row(j)[k];
-      out.row(i)[k] = sum;
-    }
-  }
+  for (; k + 2 * lanes <= channels; k += 2 * lanes) line_tiles<T, 2>(out, start, values, weights, wi, wj, length, k);
+  for (; k < channels; k += lanes) line_tiles<T, 1>(out, start, values, weights, wi, wj, length, k);
 }
 
 template <typename T>
@@ -134,6 +132,9 @@ torch::Tensor line_aggregate(const torch::Tensor& weights, const torch::Tensor& 
                   (values.stride(1) == 1 || values.size(1) <= 1),
               "line_aggregate: values must be one row per position with unit channel stride, on the CPU");
   const int64_t k = values.size(1);
+  TORCH_CHECK(k % (64 / values.element_size()) == 0, "line_aggregate: the channels must fill whole 64-byte vectors");
+  TORCH_CHECK(weights.device().is_cpu() && (!base || base->device().is_cpu()),
+              "line_aggregate: weights and base must be on the CPU");
   TORCH_CHECK(weights.is_contiguous() && weights.sizes() == torch::IntArrayRef({positions, t + h + w}) &&
                   weights.scalar_type() == values.scalar_type(),
               "line_aggregate: weights must be contiguous P x (T + H + W), of the values' dtype");
@@ -155,5 +156,5 @@ torch::Tensor line_aggregate(const torch::Tensor& weights, const torch::Tensor& 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("line_aggregate", &line_aggregate, "CCA-3D's weighted sums along the lines (see the file's head)",
              pybind11::arg("weights"), pybind11::arg("values"), pybind11::arg("base"), pybind11::arg("grid"),
-             pybind11::arg("transpose"));
+             pybind11::arg("transpose"), pybind11::call_guard<pybind11::gil_scoped_release>());
 }
