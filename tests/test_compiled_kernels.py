@@ -1,11 +1,13 @@
-"""The compiled CPU kernel of CCA-3D's line sums: built where a compiler is, equal to the ATen path, and
-a clean fallback where it cannot be built or is not wanted."""
+"""The compiled CPU kernels of CCA-3D's line products (dot products and weighted sums): built where a
+compiler is, equal to independent references and to the ATen path, and a clean fallback where they cannot
+be built or are not wanted."""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,7 +16,7 @@ from conftest import dense_line_weights
 from torch import Tensor
 
 from rcca.models import compiled
-from rcca.models.attention import line_aggregate, line_attention
+from rcca.models.attention import line_affinities, line_aggregate, line_attention
 from rcca.models.compiled import KERNELS_VARIABLE, cpu_kernels
 
 
@@ -26,14 +28,24 @@ def fresh_kernels() -> None:
     cpu_kernels.cache_clear()
 
 
-def aten_line_aggregate(monkeypatch: pytest.MonkeyPatch, *args: Tensor | None, **kwargs: object) -> Tensor:
-    """`line_aggregate` through the ATen path (matrix products per batch of lines, summed)."""
+def through_aten(
+    monkeypatch: pytest.MonkeyPatch, function: Callable[..., Tensor], *args: object, **kwargs: object
+) -> Tensor:
+    """`function` (`line_aggregate`, `line_affinities`) through the ATen path (matrix products per batch of lines)."""
     with monkeypatch.context() as patch:
         patch.setenv(KERNELS_VARIABLE, "aten")
         cpu_kernels.cache_clear()
-        result = line_aggregate(*args, **kwargs)
+        result = function(*args, **kwargs)
     cpu_kernels.cache_clear()
     return result
+
+
+def einsum_affinities(a: Tensor, b: Tensor) -> Tensor:
+    """Dot products with the positions on each line, written axis by axis: N x T x H x W x (T + H + W)."""
+    along_t = torch.einsum("nthwc,nshwc->nthws", a, b)
+    along_h = torch.einsum("nthwc,ntswc->nthws", a, b)
+    along_w = torch.einsum("nthwc,nthsc->nthws", a, b)
+    return torch.cat([along_t, along_h, along_w], dim=-1)
 
 
 def test_the_kernels_build_where_a_compiler_and_ninja_are() -> None:
@@ -63,7 +75,7 @@ def test_compiled_line_sums_equal_the_aten_path(
     values = torch.randn(n, t, h, w, 2 * k + 1, generator=generator, dtype=dtype)[..., 1 : k + 1]
     base = torch.randn(n, t, h, w, k, generator=generator, dtype=dtype) if with_base else None
     ours = line_aggregate(weights, values, transpose=transpose, base=base)
-    reference = aten_line_aggregate(monkeypatch, weights, values, transpose=transpose, base=base)
+    reference = through_aten(monkeypatch, line_aggregate, weights, values, transpose=transpose, base=base)
     assert ours.shape == (n, t, h, w, k) and ours.dtype == dtype and ours.is_contiguous()
     tolerance = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(ours, reference, rtol=tolerance, atol=tolerance)
@@ -93,6 +105,32 @@ def test_compiled_line_sums_equal_dense_products(shape: tuple[int, ...], threads
         torch.set_num_threads(previous)
     assert torch.allclose(forward, (dense @ rows).view(shape) + base, rtol=1e-12, atol=1e-12)
     assert torch.allclose(adjoint, (dense.transpose(1, 2) @ rows).view(shape), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_compiled_affinities_equal_einsum_and_the_aten_path(
+    shape: tuple[int, ...], dtype: torch.dtype, threads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dot products with every position on the three lines, of maps that are the two halves of a wider one
+    (a row stride of their own, as q and k are of q|k): tiles of 4 x 4 rows and their remainders (lines of
+    1 to 7), whole vectors of channels."""
+    if cpu_kernels() is None:
+        pytest.skip("the CPU kernels cannot be built here")
+    n, t, h, w, k = shape
+    generator = torch.Generator().manual_seed(sum(shape) + threads)
+    a, b = torch.randn(n, t, h, w, 2 * k, generator=generator, dtype=dtype).chunk(2, dim=-1)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        ours = line_affinities(a, b)
+    finally:
+        torch.set_num_threads(previous)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+    assert ours.shape == (n, t, h, w, t + h + w) and ours.dtype == dtype
+    assert torch.allclose(ours, einsum_affinities(a, b), rtol=tolerance, atol=tolerance)
+    assert torch.allclose(ours, through_aten(monkeypatch, line_affinities, a, b), rtol=tolerance, atol=tolerance)
 
 
 def test_channels_short_of_a_vector_take_the_aten_path() -> None:
@@ -126,8 +164,8 @@ def test_a_failed_build_falls_back_to_the_aten_path_with_one_warning(
     def failing_build(**kwargs: object) -> None:
         calls.append(kwargs)
         raise RuntimeError(  # what torch's build says when the compiler is missing (abridged)
-            "Error building extension 'rcca_cpu_kernels_0': [1/2] c++ -MMD -c line_aggregate.cpp\n"
-            "FAILED: [code=127] line_aggregate.o\nc++ -MMD -c line_aggregate.cpp\n/bin/sh: 1: c++: not found\n"
+            "Error building extension 'rcca_cpu_kernels_0': [1/2] c++ -MMD -c line_products.cpp\n"
+            "FAILED: [code=127] line_products.o\nc++ -MMD -c line_products.cpp\n/bin/sh: 1: c++: not found\n"
             "ninja: build stopped: subcommand failed."
         )
 
@@ -141,16 +179,16 @@ def test_a_failed_build_falls_back_to_the_aten_path_with_one_warning(
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert len(warnings) == 1 and "/bin/sh: 1: c++: not found" in warnings[0] and "ATen path" in warnings[0]
     assert torch.equal(first, second)
-    assert torch.allclose(first, aten_line_aggregate(monkeypatch, weights, values))
+    assert torch.allclose(first, through_aten(monkeypatch, line_aggregate, weights, values))
 
 
 def test_a_compiler_error_is_the_reason_given() -> None:
     error = RuntimeError(
-        "Error building extension 'x': [1/2] c++ -c line_aggregate.cpp\nFAILED: [code=1] line_aggregate.o\n"
-        "line_aggregate.cpp: In function 'int f()':\nline_aggregate.cpp:2:18: error: 'y' was not declared\n"
+        "Error building extension 'x': [1/2] c++ -c line_products.cpp\nFAILED: [code=1] line_products.o\n"
+        "line_products.cpp: In function 'int f()':\nline_products.cpp:2:18: error: 'y' was not declared\n"
         "ninja: build stopped: subcommand failed."
     )
-    assert compiled.failure_reason(error) == "line_aggregate.cpp:2:18: error: 'y' was not declared"
+    assert compiled.failure_reason(error) == "line_products.cpp:2:18: error: 'y' was not declared"
     assert compiled.failure_reason(RuntimeError("Ninja is required to load C++ extensions")).startswith("Ninja")
 
 
@@ -158,7 +196,7 @@ def test_the_build_name_follows_the_cpu_and_the_sources(monkeypatch: pytest.Monk
     """A build tuned for one CPU is never loaded on another (a cache shared over a cluster's file system),
     and another copy of the sources builds under a name of its own."""
     here = compiled.build_tag()
-    edited = tmp_path / "line_aggregate.cpp"
+    edited = tmp_path / "line_products.cpp"
     edited.write_bytes(compiled.SOURCES[0].read_bytes() + b"// edited\n")
     with monkeypatch.context() as patch:
         patch.setattr(compiled, "SOURCES", [edited])

@@ -136,6 +136,9 @@ def line_affinities(a: Tensor, b: Tensor) -> Tensor:
     """
     shape, in_place = tuple(a.shape[:4]), _writes_in_place(a, b)
     a, b = _position_rows(a), _position_rows(b)
+    kernels = cpu_kernels() if in_place and a.dtype == b.dtype and kernel_takes(a) else None
+    if kernels is not None:  # one kernel writes every line's block of columns (csrc/line_products.cpp)
+        return kernels.line_affinities(_rows(a), _rows(b), shape)
     blocks = []
     for axis, _, _ in line_columns(shape):
         a_lines, b_lines = _lines(a, axis), _lines(b, axis).transpose(-2, -1)  # O x I x L x C, O x I x C x L
@@ -180,7 +183,7 @@ def line_aggregate(weights: Tensor, values: Tensor, transpose: bool = False, bas
             summed = product if summed is None else summed + product
         return summed
     kernels = cpu_kernels() if kernel_takes(values) else None
-    if kernels is not None:  # one kernel, no scratch map (csrc/line_aggregate.cpp)
+    if kernels is not None:  # one kernel, no scratch map (csrc/line_products.cpp)
         start = None if base is None else _rows(base).contiguous()
         return kernels.line_aggregate(_rows(weights).contiguous(), _rows(values), start, shape, transpose)
     out = values.new_empty(*shape, values.shape[-1])

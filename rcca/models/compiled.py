@@ -1,14 +1,15 @@
 """The project's own CPU kernels (`csrc/`), compiled on first use with `torch.utils.cpp_extension`.
 
-`line_aggregate` (csrc/line_aggregate.cpp) computes CCA-3D's weighted sums along the three lines in
-two parallel regions, with no scratch map: the attention's fallback (`rcca.models.attention.line_aggregate`)
-issues about a dozen batched matrix products and sums their maps, and takes 1.2-2x as long.
+csrc/line_products.cpp computes CCA-3D's products along the three lines, `line_affinities` (dot products)
+and `line_aggregate` (weighted sums), in register tiles written straight into their results, in one and two
+parallel regions. The ATen path of `rcca.models.attention` issues a batched matrix product per batch of lines
+(1 + N + N T of them per axis set) and joins or sums their maps; on a 2-core CPU it takes 1.2-2x as long.
 
 The build needs a C++ compiler and ninja (a dependency of rcca). It runs once per machine kind (the code
 is tuned for the CPU that builds it, so the build's name carries the CPU's identity) into torch's
 extension cache, `TORCH_EXTENSIONS_DIR` (by default ~/.cache/torch_extensions), and takes about 20 s;
-later processes load it in about a second, and concurrent ones wait for one build. Where the build is not
-possible, or with `RCCA_CPU_KERNELS=aten`, the attention takes its ATen path, with the same results.
+later processes load it in well under a second, and concurrent ones wait for one build. Where the build is
+not possible, or with `RCCA_CPU_KERNELS=aten`, the attention takes its ATen path, with the same results.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import torch
 log = logging.getLogger("rcca")
 
 KERNELS_VARIABLE = "RCCA_CPU_KERNELS"  # "compiled" (the default) or "aten"
-SOURCES = [Path(__file__).parent / "csrc" / "line_aggregate.cpp"]
+SOURCES = [Path(__file__).parent / "csrc" / "line_products.cpp"]
 VECTOR_BYTES = 64  # the kernels' vector width: they take channel counts that fill whole vectors
 
 
