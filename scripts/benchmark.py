@@ -385,8 +385,12 @@ def benchmark_modules(args: argparse.Namespace) -> dict:
     ratios = module_ratios(results, busy)
     runs: dict[str, float] = {}
     if args.runs and device.type == "cpu":
-        print(f"training loop: the quick-start model and recipe, {args.loop_steps} steps on one repeated batch")
-        loop = benchmark_training_loop(args.loop_steps, rounds=3)
+        rounds = 5
+        print(
+            f"training loop: the quick-start model and recipe, {args.loop_steps} steps on one repeated batch, "
+            f"median of {rounds} epochs of each (in turn)"
+        )
+        loop = benchmark_training_loop(args.loop_steps, rounds=rounds)
         print(f"  trainer {loop['trainer_s'] * 1e3:.1f} ms/step, bare loop {loop['bare_s'] * 1e3:.1f} ms/step")
         print("quick-start `python train.py`, quiet, then with 1 other busy process:", flush=True)
         quiet, loaded = time_quickstart(0), time_quickstart(1)
@@ -530,22 +534,38 @@ def bare_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Opti
         optimizer.zero_grad(set_to_none=True)
 
 
+@dataclass
+class Epoch:
+    """One pass of `run` over its loader, as a timed step (`clear` has nothing to free: each epoch ends
+    with its gradients cleared)."""
+
+    run: Callable[[], None]
+
+    def clear(self) -> None:
+        pass
+
+    def __call__(self) -> None:
+        self.run()
+
+
 def benchmark_training_loop(steps: int, rounds: int) -> dict[str, float]:
-    """Seconds per step of the trainer and of `bare_epoch` on the same batches, alternated `rounds` times (median)."""
+    """Seconds per step of the trainer and of `bare_epoch` on the same batches: the median of `rounds`
+    epochs of each, after one warm-up epoch of each, timed in turn (`median_times`: the order reversed
+    every other round, so that neither always goes first)."""
     with tempfile.TemporaryDirectory() as folder:
         trainer, loader = quickstart_trainer(steps, Path(folder))
-        trainer.train_epoch()  # warm-up
         bare_optimizer = build_optimizer(trainer.model_without_ddp, trainer.optimizer_cfg)
-        trainer_times, bare_times = [], []
-        for _ in range(rounds):
+
+        def trainer_epoch() -> None:
             trainer.position.epoch = 0
-            start = time.perf_counter()
             trainer.train_epoch()
-            trainer_times.append((time.perf_counter() - start) / steps)
-            start = time.perf_counter()
+
+        def bare() -> None:
             bare_epoch(trainer.model_without_ddp, loader, bare_optimizer, trainer.optimizer_cfg.clip_grad_norm)
-            bare_times.append((time.perf_counter() - start) / steps)
-    return {"trainer_s": statistics.median(trainer_times), "bare_s": statistics.median(bare_times)}
+
+        epochs = {"trainer": Epoch(trainer_epoch), "bare": Epoch(bare)}
+        seconds = median_times(epochs, torch.device("cpu"), warmup=1, repeats=rounds)
+    return {"trainer_s": seconds["trainer"] / steps, "bare_s": seconds["bare"] / steps}
 
 
 def time_quickstart(busy: int) -> float:
