@@ -866,7 +866,7 @@ def main(argv: list[str] | None = None) -> None:
         action="store_false",
         help="skip the CPU training figures (trainer overhead, quick-start quiet and busy: a few minutes)",
     )
-    modules.add_argument("--loop-steps", type=int, default=10, help="steps per timed epoch of the training-loop figure")
+    modules.add_argument("--loop-steps", type=int, default=20, help="steps per timed epoch of the training-loop figure")
     data = commands.add_parser("data", help="decord vs PyAV: loader throughput")
     data.add_argument("--videos", type=int, default=20)
     data.add_argument("--video-frames", type=int, default=90)
