@@ -42,6 +42,11 @@ from rcca.models.compiled import cpu_kernels, kernel_takes
 STRUCTURES = ("a", "b", "c", "d")
 
 
+def _rows(x: Tensor) -> Tensor:
+    """An N x T x H x W x K map as a matrix of its positions, P x K (a view when contiguous)."""
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
 def _lines(x: Tensor, axis: int) -> Tensor:
     """The lines of `x` along `axis`, a view: N x T x H x W x K -> O x I x L x K.
 
@@ -51,9 +56,7 @@ def _lines(x: Tensor, axis: int) -> Tensor:
     else a copy (fine for what is only read).
     """
     outer, inner = math.prod(x.shape[:axis]), math.prod(x.shape[axis + 1 : 4])
-    return (
-        x.reshape(math.prod(x.shape[:-1]), x.shape[-1]).view(outer, x.shape[axis], inner, x.shape[-1]).transpose(1, 2)
-    )
+    return _rows(x).view(outer, x.shape[axis], inner, x.shape[-1]).transpose(1, 2)
 
 
 def _unlines(lines: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -101,15 +104,10 @@ def _line_product(first: Tensor, second: Tensor, out: Tensor | None = None, base
     return out
 
 
-def _rows(x: Tensor) -> Tensor:
-    """An N x T x H x W x K map as a matrix of its positions, P x K (a view when contiguous)."""
-    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
-
-
 def _position_rows(x: Tensor) -> Tensor:
     """`x` (N x T x H x W x K) itself when its positions are rows of one matrix with unit channel
     stride (contiguous, or some channels of such a map), else a contiguous copy."""
-    rows = x.reshape(-1, x.shape[-1])
+    rows = _rows(x)
     return (rows if rows.stride(-1) == 1 else rows.contiguous()).view(x.shape)
 
 
